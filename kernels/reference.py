@@ -1,0 +1,75 @@
+"""Plain-torch references for BYOL's three hot operations.
+
+These define the math. They serve `--kernels eager`, every CPU run, and are the ground truth
+the fused kernels are tested and benchmarked against.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+# Normalization floor from the official implementation: x * rsqrt(max(sum(x^2), 1e-12)).
+NORM_EPS = 1e-12
+
+
+def _l2_normalize(x: Tensor) -> Tensor:
+    return x * torch.rsqrt(torch.clamp(x.pow(2).sum(dim=-1, keepdim=True), min=NORM_EPS))
+
+
+def normalized_mse(prediction: Tensor, target: Tensor) -> Tensor:
+    """Mean over rows of ||p/||p|| - t/||t||||^2 = 2 - 2cos(p, t); no gradient reaches target.
+
+    prediction, target: (B, D), any float dtype; computed in fp32. Returns a 0-dim fp32 tensor.
+    """
+    p = _l2_normalize(prediction.float())
+    t = _l2_normalize(target.detach().float())
+    return (p - t).pow(2).sum(dim=-1).mean()
+
+
+def byol_loss(online_1: Tensor, online_2: Tensor, target_1: Tensor, target_2: Tensor) -> Tensor:
+    """BYOL's symmetric loss: each view's online prediction against the other view's target.
+
+    online_k: (B, D) predictor outputs q(g(f(view_k))); target_k: (B, D) target projections of
+    view_k. Returns the sum of the two directions, each averaged over the batch.
+    """
+    return normalized_mse(online_1, target_2) + normalized_mse(online_2, target_1)
+
+
+@torch.no_grad()
+def ema_update_(target: Sequence[Tensor], online: Sequence[Tensor], tau: float) -> None:
+    """In place: target <- tau * target + (1 - tau) * online, for each pair of tensors."""
+    for t, o in zip(target, online, strict=True):
+        t.mul_(tau).add_(o, alpha=1.0 - tau)
+
+
+@torch.no_grad()
+def lars_step_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    momenta: Sequence[Tensor],
+    excluded: Sequence[bool],
+    *,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    eta: float,
+) -> None:
+    """One step of LARS as in the official BYOL implementation, in place on params and momenta.
+
+    For each tensor w with gradient g and momentum mu:
+        g <- g + wd * w;  trust = eta * ||w|| / ||g|| (1 where either norm is 0)
+        mu <- momentum * mu + trust * g;  w <- w - lr * mu
+    Tensors flagged in `excluded` (biases, normalization parameters) skip both the weight decay
+    and the trust scaling. The gradients are not modified.
+    """
+    for w, g, mu, skip in zip(params, grads, momenta, excluded, strict=True):
+        update = g.float()
+        if not skip:
+            update = update + weight_decay * w
+            w_norm = torch.linalg.vector_norm(w)
+            u_norm = torch.linalg.vector_norm(update)
+            trust = torch.where((w_norm > 0) & (u_norm > 0), eta * w_norm / u_norm, 1.0)
+            update = update * trust
+        mu.mul_(momentum).add_(update)
+        w.sub_(mu, alpha=lr)
