@@ -1,0 +1,99 @@
+"""Checkpoints: written atomically, loaded as data only (`weights_only=True`).
+
+Layout inside a run folder:
+
+    last.pt                      the newest checkpoint, always loadable
+    checkpoints/step-0001000.pt  the newest `keep` step checkpoints
+"""
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from byol.errors import UserError
+
+FORMAT = "byolctl-pretrain"
+VERSION = 1
+LAST = "last.pt"
+STEP_DIR = "checkpoints"
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, flush it to disk, then rename over `path`.
+
+    A crash at any moment leaves either the old file or the new one, never a torn one.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _replace_with_link(source: Path, dest: Path) -> None:
+    """Atomically make `dest` a second name for `source` (a copy where links are not allowed)."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
+
+
+def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) -> Path:
+    """Write `state` as checkpoints/step-NNNNNNN.pt and point last.pt at it; prune old ones.
+
+    Returns the path of last.pt.
+    """
+    step_dir = run_dir / STEP_DIR
+    step_dir.mkdir(parents=True, exist_ok=True)
+    step_path = step_dir / f"step-{step:07d}.pt"
+    atomic_save({"format": FORMAT, "version": VERSION, **state}, step_path)
+    last = run_dir / LAST
+    _replace_with_link(step_path, last)
+    for old in sorted(step_dir.glob("step-*.pt"))[:-keep]:
+        old.unlink()
+    return last
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a pretraining checkpoint on the CPU; UserError if it is missing or not ours."""
+    if path.is_dir():
+        path = path / LAST
+    if not path.is_file():
+        raise UserError(f"No checkpoint at {path}; pass a run folder or a .pt file it holds.")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as error:
+        raise UserError(
+            f"{path} is not a loadable checkpoint ({type(error).__name__}); "
+            "pass a .pt file written by byolctl pretrain."
+        ) from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UserError(f"{path} is not a byolctl pretraining checkpoint.")
+    if state.get("version") != VERSION:
+        raise UserError(
+            f"{path} has checkpoint version {state.get('version')}, this byolctl reads "
+            f"version {VERSION}; use the byolctl release that wrote it."
+        )
+    return state

@@ -1,0 +1,136 @@
+"""Run configuration as plain typed data: saved as JSON with each run and in every checkpoint.
+
+A config is built in layers (see `byol.presets.resolve_config`): a preset, then a config file,
+then command-line flags. Every layer speaks the same flat keys, the field names below.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from byol.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    """The networks: enough to rebuild them from a checkpoint."""
+
+    arch: str = "resnet50"
+    """Encoder name from `byol.models.ENCODERS` (torchvision ResNets)."""
+    width: int = 1
+    """Bottleneck width multiplier, as torchvision's wide ResNets (resnet50 and deeper only)."""
+    small_stem: bool = False
+    """3x3 stride-1 first convolution and no max-pool, for 32-64 px images."""
+    projector_hidden: int = 4096
+    """Hidden width of the projector and predictor MLPs."""
+    projector_dim: int = 256
+    """Output width of the projector and predictor."""
+
+
+@dataclass
+class PretrainConfig:
+    """Everything that defines a pretraining run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: str = "demo"
+    """Image source: a folder, `demo` (built in) or `random` (random tensors, for profiling)."""
+    image_size: int = 224
+    """Side of each augmented view, in pixels."""
+    batch_size: int = 256
+    """Images per step on each device; each image gives two views."""
+    epochs: int = 300
+    """Length of the run in passes over the data (ignored when `steps` is set)."""
+    steps: int | None = None
+    """Length of the run in optimizer steps; overrides `epochs`."""
+    lr: float = 0.3
+    """Base learning rate per 256 images: the peak is lr * batch_size / 256."""
+    warmup_epochs: float = 10.0
+    """Linear warmup length, then cosine decay to 0 (capped at the run's length)."""
+    weight_decay: float = 1e-6
+    """LARS weight decay (not applied to biases and normalization parameters)."""
+    lars_eta: float = 1e-3
+    """LARS trust coefficient."""
+    momentum: float = 0.9
+    """LARS momentum."""
+    tau_base: float = 0.99
+    """Target EMA rate at step 0; it rises to 1 on a cosine."""
+    precision: str = "fp32"
+    """`bf16` (autocast) or `fp32`."""
+    seed: int = 0
+    """Seed for initialization, data order and augmentations."""
+    # Runtime choices: these may change when a run is resumed without changing what it computes
+    # beyond floating-point rounding (see RUNTIME_FIELDS).
+    device: str = "cpu"
+    """`cuda` or `cpu`."""
+    kernels: str = "eager"
+    """Implementation of the loss, EMA and LARS (see `byol.ops.BACKENDS`)."""
+    compile: bool = False
+    """Compile the online and target networks with torch.compile."""
+    workers: int = 2
+    """Data-loading worker processes."""
+    checkpoint_every: int = 1000
+    """Write a checkpoint every this many steps (and always at the end)."""
+    keep_checkpoints: int = 3
+    """How many step checkpoints to keep besides `last.pt`."""
+
+
+RUNTIME_FIELDS = frozenset({"device", "kernels", "compile", "workers", "checkpoint_every",
+                            "keep_checkpoints"})
+MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
+TOP_FIELDS = frozenset(f.name for f in dataclasses.fields(PretrainConfig)) - {"model"}
+PRECISIONS = ("bf16", "fp32")
+
+
+def flat_items(config: PretrainConfig) -> dict[str, Any]:
+    """The config as one flat dict of field name -> value (model fields included)."""
+    items = {name: getattr(config, name) for name in TOP_FIELDS}
+    items.update(dataclasses.asdict(config.model))
+    return items
+
+
+def apply_overrides(config: PretrainConfig, overrides: dict[str, Any]) -> PretrainConfig:
+    """A copy of `config` with flat keys replaced; unknown keys are a UserError."""
+    unknown = sorted(set(overrides) - TOP_FIELDS - MODEL_FIELDS)
+    if unknown:
+        raise UserError(
+            f"Unknown config key(s) {', '.join(unknown)}; valid keys are "
+            f"{', '.join(sorted(TOP_FIELDS | MODEL_FIELDS))}."
+        )
+    model = dataclasses.replace(
+        config.model, **{k: v for k, v in overrides.items() if k in MODEL_FIELDS}
+    )
+    top = {k: v for k, v in overrides.items() if k in TOP_FIELDS}
+    return dataclasses.replace(config, model=model, **top)
+
+
+def to_dict(config: PretrainConfig) -> dict[str, Any]:
+    """JSON-ready nested dict."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(data: dict[str, Any]) -> PretrainConfig:
+    """Inverse of `to_dict`."""
+    data = dict(data)
+    model = ModelConfig(**data.pop("model"))
+    return PretrainConfig(model=model, **data)
+
+
+def validate(config: PretrainConfig) -> None:
+    """Raise UserError for values no run can use."""
+    positive = {"image_size": config.image_size, "batch_size": config.batch_size,
+                "epochs": config.epochs, "checkpoint_every": config.checkpoint_every,
+                "keep_checkpoints": config.keep_checkpoints, "width": config.model.width}
+    for name, value in positive.items():
+        if value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}.")
+    if config.steps is not None and config.steps < 1:
+        raise UserError(f"steps must be at least 1, got {config.steps}.")
+    if config.workers < 0:
+        raise UserError(f"workers must be 0 or more, got {config.workers}.")
+    if config.precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                        f"got {config.precision!r}.")
+    if not 0.0 <= config.tau_base <= 1.0:
+        raise UserError(f"tau_base must lie in [0, 1], got {config.tau_base}.")
+    if config.batch_size < 2:
+        raise UserError("batch_size must be at least 2: BatchNorm needs more than one image.")

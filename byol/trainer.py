@@ -1,0 +1,269 @@
+"""The BYOL training loop.
+
+    byolctl pretrain                         # the demo preset, on the built-in dataset
+    byolctl pretrain --arch resnet50 --data random --steps 100
+
+One step: two views -> online network (f, g, q) and target network (f, g), each view on its
+own so BatchNorm keeps per-view statistics -> symmetric normalized-MSE loss -> backward ->
+LARS -> EMA of the target. The schedules are precomputed arrays indexed by the step.
+"""
+
+import contextlib
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from byol import ops
+from byol.checkpoint import load_checkpoint, save_checkpoint
+from byol.config import PretrainConfig, RUNTIME_FIELDS, flat_items, from_dict, to_dict
+from byol.data import TwoViewBatch, build_loader
+from byol.errors import UserError
+from byol.metrics import MetricsLog
+from byol.models import BYOL
+from byol.optim import LARS, lars_param_groups
+from byol.schedules import learning_rates, target_ema_rates
+
+# Metrics are gathered on the device and read back at most this often: one host sync a second
+# costs nothing measurable, one per step stalls the GPU queue.
+FLUSH_SECONDS = 1.0
+
+
+@dataclass
+class RunSummary:
+    """What `Trainer.fit` returns."""
+
+    step: int
+    total_steps: int
+    interrupted: bool
+    checkpoint: Path | None
+    last_record: dict[str, Any] | None
+
+
+class Trainer:
+    """Builds everything a run needs from its config, and runs it with `fit`."""
+
+    def __init__(self, config: PretrainConfig, run_dir: Path):
+        self.config = config
+        self.run_dir = run_dir
+        self.device = torch.device(config.device)
+        torch.manual_seed(config.seed)
+
+        self.loader = build_loader(config, self.device)
+        if self.loader.steps_per_epoch < 1:
+            raise UserError(
+                f"The data holds {self.loader.num_images} images, fewer than one batch of "
+                f"{config.batch_size}; lower --batch-size."
+            )
+        self.total_steps = config.steps or config.epochs * self.loader.steps_per_epoch
+
+        self.model = BYOL(config.model).to(self.device)
+        if self.device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = LARS(
+            lars_param_groups(self.model.trainable_parameters()), lr=0.0,
+            weight_decay=config.weight_decay, momentum=config.momentum, eta=config.lars_eta,
+            backend=config.kernels,
+        )
+        peak_lr = config.lr * config.batch_size / 256
+        warmup_steps = round(config.warmup_epochs * self.loader.steps_per_epoch)
+        self.lr_schedule = learning_rates(peak_lr, warmup_steps, self.total_steps).tolist()
+        self.tau_schedule = target_ema_rates(config.tau_base, self.total_steps).tolist()
+
+        # Compiled callables live beside the modules, so state dicts keep their plain names.
+        compile_fn = torch.compile if config.compile else (lambda module: module)
+        self.online_forward = compile_fn(self.model.online)
+        self.target_forward = compile_fn(self.model.target)
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if config.precision == "bf16" else contextlib.nullcontext()
+        )
+        self.step = 0
+        self._stop = threading.Event()
+
+    # ----------------------------------------------------------------------------- one step
+
+    def train_step(self, batch: TwoViewBatch) -> dict[str, torch.Tensor]:
+        """One optimizer step on `batch`; returns device tensors for the metrics."""
+        lr, tau = self.lr_schedule[self.step], self.tau_schedule[self.step]
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+        with self.autocast:
+            projection_1 = self.online_forward(batch.view1)  # (B, projector_dim)
+            projection_2 = self.online_forward(batch.view2)
+            prediction_1 = self.model.predictor(projection_1)
+            prediction_2 = self.model.predictor(projection_2)
+            with torch.no_grad():
+                target_1 = self.target_forward(batch.view1)
+                target_2 = self.target_forward(batch.view2)
+            loss = ops.byol_loss(prediction_1, prediction_2, target_1, target_2,
+                                 backend=self.config.kernels)
+
+        # Zero in place rather than freeing: gradients keep their storage between steps.
+        self.optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        self.optimizer.step()
+        ops.ema_update_(*self.model.ema_pairs(), tau, backend=self.config.kernels)
+        self.step += 1
+
+        # Collapse signal: per-dimension std of l2-normalized projections; 1/sqrt(dim) is
+        # healthy, 0 means every image maps to the same point.
+        collapse_std = F.normalize(projection_1.detach().float(), dim=1).std(dim=0).mean()
+        return {"loss": loss.detach(), "collapse_std": collapse_std}
+
+    # ----------------------------------------------------------------------------- the loop
+
+    def fit(self, on_progress: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:
+        """Train from the current step to the end, or until a stop is requested.
+
+        A checkpoint is written every `checkpoint_every` steps and when the loop ends.
+        `on_progress` receives the newest metrics record about once a second.
+        """
+        self.model.train()
+        log = MetricsLog(self.run_dir)
+        pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+        window_start = time.perf_counter()
+        record, checkpoint, saved_step = None, None, self.step
+
+        def flush() -> None:
+            nonlocal pending, window_start, record
+            images_per_s = len(pending) * self.config.batch_size / (
+                time.perf_counter() - window_start)
+            record = self._write_metrics(log, pending, images_per_s)
+            pending, window_start = [], time.perf_counter()
+            if on_progress is not None:
+                on_progress(record)
+
+        batches = iter(self.loader)
+        with _stop_on_signals(self._stop):
+            try:
+                while self.step < self.total_steps and not self._stop.is_set():
+                    pending.append((self.step, self.train_step(next(batches))))
+                    at_checkpoint = self.step % self.config.checkpoint_every == 0
+                    if at_checkpoint or time.perf_counter() - window_start >= FLUSH_SECONDS:
+                        flush()
+                    if at_checkpoint:
+                        checkpoint, saved_step = self.save(), self.step
+                # Finished, or a stop was requested: keep every step done so far.
+                if pending:
+                    flush()
+                if self.step != saved_step:
+                    checkpoint = self.save()
+            finally:
+                log.close()
+        return RunSummary(self.step, self.total_steps, self.step < self.total_steps,
+                          checkpoint, record)
+
+    def request_stop(self) -> None:
+        """Finish the current step, write a checkpoint, and return from `fit`."""
+        self._stop.set()
+
+    def _write_metrics(self, log: MetricsLog, pending: list, images_per_s: float) -> dict:
+        """Read the pending steps' metrics back from the device (one sync) and log each."""
+        values = torch.stack([torch.stack(list(m.values())) for _, m in pending]).tolist()
+        names = list(pending[0][1])
+        for (step, _), row in zip(pending, values):
+            record = {"step": step + 1, "epoch": (step + 1) / self.loader.steps_per_epoch,
+                      **dict(zip(names, row)), "lr": self.lr_schedule[step],
+                      "tau": self.tau_schedule[step], "images_per_s": images_per_s}
+            log.write(record)
+            if not math.isfinite(record["loss"]):
+                log.flush()
+                raise FloatingPointError(
+                    f"The loss became {record['loss']} at step {record['step']}; lower --lr, "
+                    "or resume from the last checkpoint (checkpoints hold no such step)."
+                )
+        log.flush()
+        return record
+
+    # ----------------------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly."""
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "config": to_dict(self.config),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "data": self.loader.state_dict(),
+            "rng": rng,
+        }
+
+    def save(self) -> Path:
+        """Write a checkpoint of the current step; returns the path of last.pt."""
+        return save_checkpoint(self.state_dict(), self.run_dir, self.step,
+                               self.config.keep_checkpoints)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by `state_dict`."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loader.load_state_dict(state["data"])
+        self.step = state["step"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+
+# --------------------------------------------------------------------------------- helpers
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event):
+    """SIGINT/SIGTERM set `stop` (the loop then checkpoints and returns); a second one
+    interrupts at once. Handlers are installed only on the main thread, as Python requires."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def config_from_checkpoint(state: dict[str, Any], path: Path) -> PretrainConfig:
+    """The run config saved in a checkpoint; UserError if it cannot be read."""
+    try:
+        return from_dict(state["config"])
+    except (KeyError, TypeError) as error:
+        raise UserError(f"{path} holds no usable run config; it was not written by "
+                        "byolctl pretrain.") from error
+
+
+def check_resume_compatible(saved: PretrainConfig, requested: dict[str, Any]) -> None:
+    """UserError if an option given for a resumed run would change what the run computes."""
+    saved_items = flat_items(saved)
+    conflicts = [name for name, value in requested.items()
+                 if name not in RUNTIME_FIELDS and saved_items.get(name) != value]
+    if conflicts:
+        described = ", ".join(f"{n}={requested[n]!r} (run has {saved_items.get(n)!r})"
+                              for n in sorted(conflicts))
+        raise UserError(
+            f"Cannot resume with changed settings: {described}; drop them, or start a new "
+            "run with another --out."
+        )
+
+
+def write_config(config: PretrainConfig, run_dir: Path) -> None:
+    """Save the resolved config as <run>/config.json."""
+    (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")

@@ -1,0 +1,125 @@
+"""Short pretraining runs on the CPU: metrics, checkpoints, interruption and resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import byol.trainer
+from byol.checkpoint import load_checkpoint
+from byol.errors import UserError
+from byol.pretrain import prepare_run
+
+
+@pytest.fixture(autouse=True)
+def _report_every_step(monkeypatch):
+    # Metrics (and with them on_progress) normally flush once a second; tests want each step.
+    monkeypatch.setattr(byol.trainer, "FLUSH_SECONDS", 0.0)
+
+
+def _run(overrides, out="run", resume=None, stop_at=None):
+    trainer, resumed = prepare_run(None, overrides, Path(out), resume)
+    if stop_at is None:
+        return trainer, trainer.fit(), resumed
+
+    def stop(record):
+        if record["step"] == stop_at:
+            trainer.request_stop()
+
+    return trainer, trainer.fit(stop), resumed
+
+
+def test_short_pretrain_writes_config_metrics_and_a_loadable_checkpoint(tiny):
+    trainer, summary, _ = _run({**tiny, "checkpoint_every": 4, "keep_checkpoints": 1})
+    run = Path("run")
+    assert summary.step == summary.total_steps == 6 and not summary.interrupted
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert set(records[0]) >= {"loss", "lr", "tau", "images_per_s", "collapse_std", "epoch"}
+    assert records[0]["tau"] == pytest.approx(trainer.config.tau_base)
+    assert json.loads((run / "config.json").read_text())["model"]["arch"] == "resnet18"
+    assert any((run / "tensorboard").iterdir())
+    state = load_checkpoint(run / "last.pt")
+    assert state["step"] == 6 and state["config"]["batch_size"] == 8
+    # keep_checkpoints=1: the step-4 file is pruned; last.pt stays.
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000006.pt"]
+
+
+def test_an_interrupted_and_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(tiny):
+    straight, _, _ = _run(tiny, out="straight")
+    _, partial, _ = _run(tiny, out="parts", stop_at=3)
+    assert partial.interrupted and partial.step == 3
+    assert load_checkpoint(Path("parts/last.pt"))["step"] == 3
+    resumed, final, resumed_from = _run(tiny, out="parts", resume="parts/last.pt")
+    assert resumed_from == Path("parts/last.pt") and final.step == 6
+    expected, actual = straight.model.state_dict(), resumed.model.state_dict()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    for p, q in zip(straight.model.trainable_parameters(), resumed.model.trainable_parameters()):
+        assert torch.equal(straight.optimizer.state[p]["momentum_buffer"],
+                           resumed.optimizer.state[q]["momentum_buffer"])
+    losses = [json.loads(line)["loss"] for line in Path("straight/metrics.jsonl").open()]
+    resumed_losses = [json.loads(line)["loss"] for line in Path("parts/metrics.jsonl").open()]
+    assert resumed_losses == losses
+
+
+def test_resume_auto_continues_the_run_in_the_out_folder(tiny):
+    _run(tiny, out="run", stop_at=2)
+    trainer, summary, resumed_from = _run(tiny, out="run", resume="auto")
+    assert resumed_from == Path("run/last.pt") and summary.step == 6
+
+
+def test_resume_auto_without_out_finds_the_newest_matching_run(tiny):
+    first, _, _ = prepare_run(None, tiny, None, None)
+    first.fit(lambda record: record["step"] == 2 and first.request_stop())
+    trainer, resumed_from = prepare_run(None, tiny, None, "auto")
+    assert resumed_from == first.run_dir / "last.pt" and trainer.step == 2
+    other, resumed_other = prepare_run(None, {**tiny, "lr": 0.123}, None, "auto")
+    assert resumed_other is None and other.run_dir != first.run_dir
+
+
+def test_a_folder_holding_a_run_is_not_overwritten_without_resume(tiny):
+    _run(tiny)
+    with pytest.raises(UserError, match="--resume auto"):
+        prepare_run(None, tiny, Path("run"), None)
+
+
+def test_resuming_with_a_changed_setting_is_refused_but_runtime_options_may_change(tiny):
+    _run(tiny, stop_at=2)
+    with pytest.raises(UserError, match="lr=0.5"):
+        prepare_run(None, {**tiny, "lr": 0.5}, Path("run"), "auto")
+    trainer, _ = prepare_run(None, {**tiny, "workers": 1}, Path("run"), "auto")
+    assert trainer.config.workers == 1 and trainer.step == 2
+
+
+def test_a_file_that_is_not_a_checkpoint_is_a_user_error(tiny, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a loadable checkpoint"):
+        prepare_run(None, tiny, None, str(junk))
+    with pytest.raises(UserError, match="No checkpoint"):
+        prepare_run(None, tiny, None, str(tmp_path / "missing.pt"))
+
+
+def test_a_non_finite_loss_stops_the_run_without_writing_a_checkpoint(tiny):
+    trainer, _ = prepare_run(None, {**tiny, "lr": float("inf")}, Path("run"), None)
+    with pytest.raises(FloatingPointError, match="step"):
+        trainer.fit()
+    assert not Path("run/last.pt").exists()
+
+
+@pytest.mark.slow
+def test_the_loss_falls_on_the_demo_data(tiny):
+    _, summary, _ = _run({**tiny, "batch_size": 32, "steps": 25, "lr": 1.0})
+    losses = [json.loads(line)["loss"] for line in Path("run/metrics.jsonl").open()]
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    assert summary.last_record["collapse_std"] > 0.01
+
+
+@pytest.mark.slow
+def test_a_compiled_run_matches_an_eager_run(tiny):
+    settings = {**tiny, "steps": 2}
+    _, eager, _ = _run(settings, out="eager")
+    _, compiled, _ = _run({**settings, "compile": True}, out="compiled")
+    assert compiled.last_record["loss"] == pytest.approx(eager.last_record["loss"], rel=1e-3)
