@@ -1,0 +1,147 @@
+"""The byolctl command line: parse options, build a config, call byol, render with rich.
+
+    byolctl pretrain                                    # demo preset on the built-in data
+    byolctl pretrain --arch resnet50 --data random --steps 50
+"""
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from byol.errors import UserError
+from byolctl import __version__
+from byolctl.config_file import read_config_file
+from byolctl.options import (ArchOpt, BatchSizeOpt, CheckpointEveryOpt, CompileOpt, ConfigOpt,
+                             DataOpt, DeviceOpt, EpochsOpt, ImageSizeOpt, KeepOpt, KernelsOpt,
+                             LrOpt, OutOpt, PrecisionOpt, PresetOpt, ResumeOpt, SeedOpt,
+                             SmallStemOpt, StepsOpt, TauBaseOpt, WarmupOpt, WeightDecayOpt,
+                             WidthOpt, WorkersOpt)
+from byolctl.render import console, print_error, training_progress
+
+app = typer.Typer(
+    name="byolctl",
+    help="Pretrain image encoders with BYOL, fast and correct to the paper.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_debug = False
+
+
+def exits_cleanly(command):
+    """Turn errors into one line and an exit status: 2 for bad input, 1 for anything else.
+
+    With --debug the traceback is shown instead.
+    """
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except UserError as error:
+            if _debug:
+                raise
+            print_error(str(error))
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            print_error("Interrupted at once; nothing was saved since the last checkpoint.")
+            raise typer.Exit(1)
+        except Exception as error:
+            if _debug:
+                raise
+            print_error(f"{error} ({type(error).__name__}; rerun with --debug for details)")
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+):
+    global _debug
+    _debug = debug
+    if version:
+        console.print(f"byolctl {__version__}")
+        raise typer.Exit()
+
+
+@app.command(epilog="Example: byolctl pretrain --arch resnet50 --data random --steps 100")
+@exits_cleanly
+def pretrain(
+    data: DataOpt = None,
+    arch: ArchOpt = None,
+    preset: PresetOpt = None,
+    width: WidthOpt = None,
+    small_stem: SmallStemOpt = None,
+    image_size: ImageSizeOpt = None,
+    batch_size: BatchSizeOpt = None,
+    epochs: EpochsOpt = None,
+    steps: StepsOpt = None,
+    lr: LrOpt = None,
+    warmup_epochs: WarmupOpt = None,
+    weight_decay: WeightDecayOpt = None,
+    tau_base: TauBaseOpt = None,
+    kernels: KernelsOpt = None,
+    compile: CompileOpt = None,
+    precision: PrecisionOpt = None,
+    device: DeviceOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = None,
+    seed: SeedOpt = None,
+    workers: WorkersOpt = None,
+    checkpoint_every: CheckpointEveryOpt = None,
+    keep_checkpoints: KeepOpt = None,
+    config: ConfigOpt = None,
+):
+    """Pretrain an encoder with BYOL. With no options: the demo preset on the built-in data."""
+    from byol.pretrain import prepare_run  # deferred: keeps --help fast
+
+    flags = {name: value for name, value in locals().items()
+             if value is not None and name not in ("preset", "out", "resume", "config",
+                                                   "prepare_run")}
+    settings: dict[str, Any] = read_config_file(config) if config else {}
+    preset_name = preset.value if preset else settings.pop("preset", None)
+    out = out or (settings.pop("out", None) and Path(settings.pop("out")))
+    settings.update({k: v.value if hasattr(v, "value") else v for k, v in flags.items()})
+
+    trainer, resumed_from = prepare_run(preset_name, settings, out, resume)
+    cfg = trainer.config
+    if cfg.device == "cpu" and "device" not in settings:
+        console.print("No GPU found: training on the CPU (fine for the demo, slow for real data).")
+    if resumed_from:
+        console.print(f"Resuming from {resumed_from} at step {trainer.step}.")
+    console.print(f"Run folder: {trainer.run_dir}  ({cfg.model.arch}, {cfg.image_size} px, "
+                  f"batch {cfg.batch_size}, {trainer.total_steps} steps, {cfg.device}, "
+                  f"{cfg.precision})")
+
+    with training_progress() as progress:
+        task = progress.add_task("pretrain", total=trainer.total_steps,
+                                 completed=trainer.step, loss="-", std="-", speed="")
+
+        def on_progress(record: dict[str, Any]) -> None:
+            progress.update(task, completed=record["step"], loss=f"{record['loss']:.4f}",
+                            std=f"{record['collapse_std']:.4f}",
+                            speed=f"{record['images_per_s']:.0f} img/s")
+
+        summary = trainer.fit(on_progress)
+
+    if summary.interrupted:
+        print_error(f"Interrupted at step {summary.step} of {summary.total_steps}; "
+                    f"checkpoint saved. Resume with: byolctl pretrain --resume "
+                    f"{summary.checkpoint}")
+        raise typer.Exit(1)
+    record = summary.last_record or {}
+    console.print(f"Done: {summary.step} steps, loss {record.get('loss', float('nan')):.4f}, "
+                  f"collapse std {record.get('collapse_std', float('nan')):.4f} "
+                  f"(healthy near {cfg.model.projector_dim ** -0.5:.4f}). "
+                  f"Checkpoint: {summary.checkpoint}")
+
+
+def main() -> None:
+    """Entry point of the `byolctl` command."""
+    app()

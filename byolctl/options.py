@@ -1,0 +1,87 @@
+"""Command-line options, declared once and shared by every subcommand.
+
+Defaults are None so that a command knows which options the user actually gave: only those
+override the preset and the config file.
+"""
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from byol.models import ENCODERS
+from byol.presets import PRESETS
+
+Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)
+Arch = Enum("Arch", {name: name for name in ENCODERS}, type=str)
+
+
+class Device(str, Enum):
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+class Precision(str, Enum):
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+class Kernels(str, Enum):
+    eager = "eager"
+
+
+DataOpt = Annotated[Optional[str], typer.Option(
+    "--data", help="Image source: `demo` (built in, the default) or `random` (for profiling).",
+    show_default=False)]
+ArchOpt = Annotated[Optional[Arch], typer.Option(
+    "--arch", help="Encoder architecture (torchvision ResNet).", show_default=False)]
+PresetOpt = Annotated[Optional[Preset], typer.Option(
+    "--preset", help="Starting hyperparameters: `demo` for --data demo, else `imagenet`.",
+    show_default=False)]
+WidthOpt = Annotated[Optional[int], typer.Option(
+    "--width", help="Bottleneck width multiplier (resnet50 and deeper).", show_default=False)]
+SmallStemOpt = Annotated[Optional[bool], typer.Option(
+    "--small-stem/--imagenet-stem", help="3x3 stem without max-pool, for 32-64 px images.",
+    show_default=False)]
+ImageSizeOpt = Annotated[Optional[int], typer.Option(
+    "--image-size", help="Side of each augmented view in pixels.", show_default=False)]
+BatchSizeOpt = Annotated[Optional[int], typer.Option(
+    "--batch-size", help="Images per step (each gives two views).", show_default=False)]
+EpochsOpt = Annotated[Optional[int], typer.Option(
+    "--epochs", help="Run length in passes over the data.", show_default=False)]
+StepsOpt = Annotated[Optional[int], typer.Option(
+    "--steps", help="Run length in optimizer steps (overrides --epochs).", show_default=False)]
+LrOpt = Annotated[Optional[float], typer.Option(
+    "--lr", help="Base learning rate per 256 images.", show_default=False)]
+WarmupOpt = Annotated[Optional[float], typer.Option(
+    "--warmup-epochs", help="Linear warmup length in epochs.", show_default=False)]
+WeightDecayOpt = Annotated[Optional[float], typer.Option(
+    "--weight-decay", help="LARS weight decay (not on biases and norms).", show_default=False)]
+TauBaseOpt = Annotated[Optional[float], typer.Option(
+    "--tau-base", help="Target EMA rate at step 0 (rises to 1).", show_default=False)]
+KernelsOpt = Annotated[Optional[Kernels], typer.Option(
+    "--kernels", help="Implementation of the loss, EMA and LARS.", show_default=False)]
+CompileOpt = Annotated[Optional[bool], typer.Option(
+    "--compile/--no-compile", help="torch.compile the networks [default: on with a GPU].",
+    show_default=False)]
+PrecisionOpt = Annotated[Optional[Precision], typer.Option(
+    "--precision", help="bf16 autocast or fp32 [default: bf16 on a GPU].", show_default=False)]
+DeviceOpt = Annotated[Optional[Device], typer.Option(
+    "--device", help="Where to train [default: cuda if there is a GPU].", show_default=False)]
+OutOpt = Annotated[Optional[Path], typer.Option(
+    "--out", help="Run folder [default: runs/<arch>-<date>-<time>].", show_default=False)]
+ResumeOpt = Annotated[Optional[str], typer.Option(
+    "--resume", help="`auto` (continue the matching run) or a checkpoint or run folder.",
+    show_default=False)]
+SeedOpt = Annotated[Optional[int], typer.Option(
+    "--seed", help="Seed for initialization, data order and augmentation.", show_default=False)]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", help="Data-loading worker processes.", show_default=False)]
+CheckpointEveryOpt = Annotated[Optional[int], typer.Option(
+    "--checkpoint-every", help="Steps between checkpoints (and one at the end).",
+    show_default=False)]
+KeepOpt = Annotated[Optional[int], typer.Option(
+    "--keep-checkpoints", help="Step checkpoints to keep besides last.pt.", show_default=False)]
+ConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", help="YAML or TOML file of settings (flags override it).", show_default=False)]

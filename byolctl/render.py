@@ -1,0 +1,28 @@
+"""Everything the terminal shows: the progress bar, summaries, errors."""
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+console = Console()
+error_console = Console(stderr=True)
+
+
+def training_progress() -> Progress:
+    """step/total, loss, collapse signal and images/s, updated about once a second."""
+    return Progress(
+        TextColumn("[bold]pretrain"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss [cyan]{task.fields[loss]}"),
+        TextColumn("std [cyan]{task.fields[std]}"),
+        TextColumn("[green]{task.fields[speed]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def print_error(message: str) -> None:
+    error_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

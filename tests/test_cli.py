@@ -1,0 +1,81 @@
+"""The command line as a user meets it: help, errors, exit codes, a short run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import byol
+import kernels
+from byolctl.cli import app
+
+runner = CliRunner()
+TINY_FLAGS = ["--arch", "resnet18", "--image-size", "16", "--batch-size", "8", "--steps", "3",
+              "--workers", "0", "--device", "cpu"]
+
+
+def test_help_lists_pretrain_and_pretrain_help_ends_with_an_example():
+    assert "pretrain" in runner.invoke(app, ["--help"]).output
+    result = runner.invoke(app, ["pretrain", "--help"])
+    assert result.exit_code == 0
+    assert result.output.strip().splitlines()[-1].strip().startswith("Example: byolctl pretrain")
+
+
+def test_an_unknown_option_is_a_usage_error_with_status_2():
+    result = runner.invoke(app, ["pretrain", "--learning-rate", "1"])
+    assert result.exit_code == 2
+    assert "No such option" in result.output
+
+
+def test_a_bad_value_is_one_line_with_status_2_and_no_traceback():
+    result = runner.invoke(app, ["pretrain", "--steps", "0"])
+    assert result.exit_code == 2
+    assert "steps must be at least 1" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_unreadable_data_source_is_a_clean_error():
+    result = runner.invoke(app, ["pretrain", "--data", "/no/such/folder", *TINY_FLAGS])
+    assert result.exit_code == 2 and "--data demo" in result.output
+
+
+def test_pretrain_runs_from_the_command_line_and_writes_its_run_folder(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", *TINY_FLAGS, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "training on the CPU" not in result.output  # --device was given explicitly
+    assert "Done: 3 steps" in result.output
+    assert (out / "last.pt").is_file() and (out / "config.json").is_file()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_flags_override_the_config_file(tmp_path):
+    settings = tmp_path / "run.yaml"
+    settings.write_text("batch-size: 4\nlr: 0.5\n")
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", *TINY_FLAGS, "--config", str(settings),
+                                 "--lr", "0.25", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert (config["batch_size"], config["lr"]) == (8, 0.25)
+
+
+def test_python_dash_m_runs_the_same_command_line():
+    result = subprocess.run([sys.executable, "-m", "byolctl", "--version"],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and result.stdout.strip() == f"byolctl {byol.__version__}"
+
+
+def test_kernels_is_this_projects_package_not_a_namesake():
+    assert Path(kernels.__file__).parent.parent == Path(byol.__file__).parent.parent
+    assert kernels.IS_BYOLCTL_KERNELS
+
+
+@pytest.mark.parametrize("argv", [["pretrain", "--device", "tpu"],
+                                  ["pretrain", "--precision", "fp16"]])
+def test_choices_are_checked_before_anything_runs(argv):
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2
