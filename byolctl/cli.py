@@ -58,16 +58,20 @@ def exits_cleanly(command):
     return wrapper
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"byolctl {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.",
+                                 callback=_print_version, is_eager=True),
 ):
     global _debug
     _debug = debug
-    if version:
-        console.print(f"byolctl {__version__}")
-        raise typer.Exit()
 
 
 @app.command(epilog="Example: byolctl pretrain --arch resnet50 --data random --steps 100")

@@ -71,7 +71,7 @@ def test_resume_auto_continues_the_run_in_the_out_folder(tiny):
 
 
 def test_resume_auto_without_out_finds_the_newest_matching_run(tiny):
-    first, _, _ = prepare_run(None, tiny, None, None)
+    first, _ = prepare_run(None, tiny, None, None)
     first.fit(lambda record: record["step"] == 2 and first.request_stop())
     trainer, resumed_from = prepare_run(None, tiny, None, "auto")
     assert resumed_from == first.run_dir / "last.pt" and trainer.step == 2
