@@ -7,7 +7,6 @@
 import copy
 from collections.abc import Callable, Iterator
 
-import torch
 from torch import Tensor, nn
 from torchvision import models
 from torchvision.models.resnet import ResNet
@@ -89,7 +88,6 @@ class BYOL(nn.Module):
         )
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
-        self.feature_dim = feature_dim
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Online encoder, projector and predictor parameters: what the optimizer updates."""
@@ -99,8 +97,3 @@ class BYOL(nn.Module):
     def ema_pairs(self) -> tuple[list[Tensor], list[Tensor]]:
         """(target parameters, matching online parameters), in the same order."""
         return list(self.target.parameters()), list(self.online.parameters())
-
-    @torch.no_grad()
-    def representation(self, images: Tensor) -> Tensor:
-        """Online encoder features (B, feature_dim): what downstream tasks use."""
-        return self.online.encoder(images)

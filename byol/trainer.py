@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from byol import ops
-from byol.checkpoint import load_checkpoint, save_checkpoint
+from byol.checkpoint import save_checkpoint
 from byol.config import PretrainConfig, RUNTIME_FIELDS, flat_items, from_dict, to_dict
 from byol.data import TwoViewBatch, build_loader
 from byol.errors import UserError

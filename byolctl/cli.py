@@ -110,7 +110,8 @@ def pretrain(
                                                    "prepare_run")}
     settings: dict[str, Any] = read_config_file(config) if config else {}
     preset_name = preset.value if preset else settings.pop("preset", None)
-    out = out or (settings.pop("out", None) and Path(settings.pop("out")))
+    file_out = settings.pop("out", None)
+    out = out or (Path(file_out) if file_out else None)
     settings.update({k: v.value if hasattr(v, "value") else v for k, v in flags.items()})
 
     trainer, resumed_from = prepare_run(preset_name, settings, out, resume)

@@ -54,13 +54,13 @@ def test_pretrain_runs_from_the_command_line_and_writes_its_run_folder(tmp_path)
 
 def test_flags_override_the_config_file(tmp_path):
     settings = tmp_path / "run.yaml"
-    settings.write_text("batch-size: 4\nlr: 0.5\n")
     out = tmp_path / "run"
+    settings.write_text(f"batch-size: 4\nlr: 0.5\nseed: 7\nout: {out}\n")
     result = runner.invoke(app, ["pretrain", *TINY_FLAGS, "--config", str(settings),
-                                 "--lr", "0.25", "--out", str(out)])
+                                 "--lr", "0.25"])
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
-    assert (config["batch_size"], config["lr"]) == (8, 0.25)
+    assert (config["batch_size"], config["lr"], config["seed"]) == (8, 0.25, 7)
 
 
 def test_python_dash_m_runs_the_same_command_line():

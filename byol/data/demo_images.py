@@ -2,8 +2,8 @@
 
 Each image tiles the whole frame with one pattern - disks, squares, triangles, rings or crosses,
 or horizontal, vertical or diagonal stripes, a checkerboard or a plaid - at a random scale and
-offset, in two random colors, with pixel noise. Telling the classes apart needs shape and
-texture, not color: what BYOL's color-jittering augmentations push an encoder to learn.
+offset, in two near-gray colors of random brightness, with pixel noise. Telling the classes
+apart needs shape and texture, not color.
 """
 
 import functools
@@ -61,9 +61,12 @@ def _draw(labels: Tensor, generator: torch.Generator) -> Tensor:
     def uniform(low: float, high: float, *shape: int) -> Tensor:
         return low + (high - low) * torch.rand(n, *shape, generator=generator)
 
-    background = uniform(0, 1, 3)
-    # Shift every channel by 0.3-0.7 (mod 1) so that the pattern always stands out.
-    foreground = (background + uniform(0.3, 0.7, 3)) % 1.0
+    # Near-gray colors: a random luminance with a faint tint. With fully random colors the
+    # strongest cue two views share is their colors, which BYOL's color jitter barely changes.
+    background = uniform(0, 1, 1)
+    foreground = (background + uniform(0.3, 0.7, 1)) % 1.0
+    background = (background + uniform(-0.08, 0.08, 3)).clamp(0, 1)
+    foreground = (foreground + uniform(-0.08, 0.08, 3)).clamp(0, 1)
     tiles = uniform(2.0, 3.5)           # tiles across the frame: the pattern's scale
     offset = uniform(0, 1, 2)           # where the tiling starts: the pattern's position
 
