@@ -61,9 +61,9 @@ def _replace_with_link(source: Path, dest: Path) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) -> Path:
-    """Write `state` as checkpoints/step-NNNNNNN.pt and point last.pt at it; prune old ones.
+    """Write `state` as checkpoints/step-NNNNNNN.pt and make last.pt a second name for it.
 
-    Returns the path of last.pt.
+    Keeps the newest `keep` step files (last.pt names the newest). Returns the path of last.pt.
     """
     step_dir = run_dir / STEP_DIR
     step_dir.mkdir(parents=True, exist_ok=True)
@@ -71,9 +71,17 @@ def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) 
     atomic_save({"format": FORMAT, "version": VERSION, **state}, step_path)
     last = run_dir / LAST
     _replace_with_link(step_path, last)
-    for old in sorted(step_dir.glob("step-*.pt"))[:-keep]:
+    step_files = sorted(step_dir.glob("step-*.pt"), key=_step_of)
+    # Files of later steps belong to an abandoned continuation (this run resumed from an
+    # older checkpoint): they go, then all but the newest `keep`.
+    earlier = [path for path in step_files if _step_of(path) <= step]
+    for old in [path for path in step_files if _step_of(path) > step] + earlier[:-keep]:
         old.unlink()
     return last
+
+
+def _step_of(path: Path) -> int:
+    return int(path.stem.removeprefix("step-"))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

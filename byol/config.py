@@ -5,6 +5,7 @@ then command-line flags. Every layer speaks the same flat keys, the field names 
 """
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,11 +97,35 @@ def apply_overrides(config: PretrainConfig, overrides: dict[str, Any]) -> Pretra
             f"Unknown config key(s) {', '.join(unknown)}; valid keys are "
             f"{', '.join(sorted(TOP_FIELDS | MODEL_FIELDS))}."
         )
+    overrides = {name: _coerce(name, value) for name, value in overrides.items()}
     model = dataclasses.replace(
         config.model, **{k: v for k, v in overrides.items() if k in MODEL_FIELDS}
     )
     top = {k: v for k, v in overrides.items() if k in TOP_FIELDS}
     return dataclasses.replace(config, model=model, **top)
+
+
+_FIELD_TYPES = {f.name: f.type for cls in (ModelConfig, PretrainConfig)
+                for f in dataclasses.fields(cls) if f.name != "model"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """`value` as the field's type, or UserError. Numbers may come as strings (YAML reads
+    `1e-5` as one); an int is a fine float; a bool is not a number."""
+    accepted = typing.get_args(_FIELD_TYPES[name]) or (_FIELD_TYPES[name],)
+    if isinstance(value, str) and str not in accepted:
+        for number in (int, float):
+            if number in accepted:
+                try:
+                    return number(value)
+                except ValueError:
+                    pass
+    if float in accepted and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) != (bool in accepted) or not isinstance(value, accepted):
+        raise UserError(f"{name} must be {' or '.join(t.__name__ for t in accepted)}, "
+                        f"got {value!r}.")
+    return value
 
 
 def to_dict(config: PretrainConfig) -> dict[str, Any]:
@@ -130,6 +155,9 @@ def validate(config: PretrainConfig) -> None:
     if config.precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, "
                         f"got {config.precision!r}.")
+    for name in ("lr", "warmup_epochs", "weight_decay", "lars_eta", "momentum"):
+        if getattr(config, name) < 0:
+            raise UserError(f"{name} must not be negative, got {getattr(config, name)}.")
     if not 0.0 <= config.tau_base <= 1.0:
         raise UserError(f"tau_base must lie in [0, 1], got {config.tau_base}.")
     if config.batch_size < 2:

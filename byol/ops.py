@@ -10,6 +10,7 @@ from types import ModuleType
 from torch import Tensor
 
 import kernels
+from byol.errors import UserError
 
 if not getattr(kernels, "IS_BYOLCTL_KERNELS", False):
     raise ImportError(
@@ -22,11 +23,15 @@ from kernels import reference  # noqa: E402  (after the check, so a wrong module
 BACKENDS: dict[str, ModuleType] = {"eager": reference}
 
 
+def require_backend(backend: str) -> None:
+    """UserError unless `backend` names an available implementation."""
+    if backend not in BACKENDS:
+        raise UserError(f"Unknown kernels {backend!r}; choose one of {', '.join(BACKENDS)}.")
+
+
 def _implementation(backend: str) -> ModuleType:
-    try:
-        return BACKENDS[backend]
-    except KeyError:
-        raise ValueError(f"unknown kernel backend {backend!r}; choose from {sorted(BACKENDS)}")
+    require_backend(backend)
+    return BACKENDS[backend]
 
 
 def byol_loss(

@@ -10,6 +10,7 @@ A config is resolved in layers: preset < config file < command-line flags.
 from typing import Any
 
 from byol.config import PretrainConfig, apply_overrides, validate
+from byol.errors import UserError
 
 # ImageNet hyperparameters keyed by the number of epochs, as in the official implementation:
 # epochs -> (base lr per 256 images, weight decay, tau_base).
@@ -52,12 +53,16 @@ def resolve_config(preset: str | None, overrides: dict[str, Any]) -> PretrainCon
     `overrides` holds only the keys the user set. With no preset named, it follows the data.
     """
     preset = preset or default_preset(overrides.get("data", "demo"))
+    config = apply_overrides(PretrainConfig(), {**preset_values(preset, overrides), **overrides})
+    validate(config)
+    return config
+
+
+def preset_values(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The flat settings a preset contributes, given the user's other settings."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}")
+        raise UserError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
     values = dict(PRESETS[preset])
     if preset == "imagenet":
         values.update(imagenet_hyperparameters(overrides.get("epochs", values["epochs"])))
-    values.update(overrides)
-    config = apply_overrides(PretrainConfig(), values)
-    validate(config)
-    return config
+    return values

@@ -3,6 +3,9 @@
     trainer, resumed_from = prepare_run(preset=None, overrides={"steps": 100}, out=None,
                                         resume=None)
     summary = trainer.fit()
+
+Nothing is written until the run is known to be startable, and a folder that holds a run is
+only ever continued, never overwritten.
 """
 
 import json
@@ -13,12 +16,15 @@ from typing import Any
 import torch
 
 from byol.checkpoint import LAST, STEP_DIR, load_checkpoint
-from byol.config import RUNTIME_FIELDS, apply_overrides, flat_items, from_dict, validate
+from byol.config import (RUNTIME_FIELDS, PretrainConfig, apply_overrides, flat_items, from_dict,
+                         to_dict, validate)
 from byol.errors import UserError
-from byol.presets import resolve_config
-from byol.trainer import Trainer, check_resume_compatible, config_from_checkpoint, write_config
+from byol.metrics import METRICS_FILE
+from byol.presets import preset_values, resolve_config
+from byol.trainer import Trainer
 
 RUNS_ROOT = Path("runs")
+CONFIG_FILE = "config.json"
 
 
 def runtime_defaults(requested: dict[str, Any]) -> dict[str, Any]:
@@ -47,20 +53,36 @@ def checkpoint_run_dir(checkpoint: Path) -> Path:
     return parent.parent if parent.name == STEP_DIR else parent
 
 
+def holds_run(run_dir: Path) -> bool:
+    """Whether a folder already holds (part of) a run."""
+    return any((run_dir / name).exists() for name in (LAST, CONFIG_FILE, METRICS_FILE))
+
+
 def find_resumable_run(config_items: dict[str, Any]) -> Path | None:
     """The newest run under runs/ with a last.pt and the same settings (runtime ones aside)."""
     def same_run(run_dir: Path) -> bool:
         try:
-            saved = flat_items(from_dict(json.loads((run_dir / "config.json").read_text())))
+            saved = flat_items(from_dict(json.loads((run_dir / CONFIG_FILE).read_text())))
         except (OSError, ValueError, TypeError, KeyError):
             return False
         return all(saved.get(k) == v for k, v in config_items.items() if k not in RUNTIME_FIELDS)
 
     candidates = sorted(RUNS_ROOT.glob("*/" + LAST), key=lambda p: p.stat().st_mtime)
-    for last in reversed(candidates):
-        if same_run(last.parent):
-            return last.parent
-    return None
+    return next((last.parent for last in reversed(candidates) if same_run(last.parent)), None)
+
+
+def check_resume_compatible(saved: PretrainConfig, requested: dict[str, Any]) -> None:
+    """UserError if a setting given for a resumed run would change what the run computes."""
+    saved_items = flat_items(saved)
+    conflicts = sorted(name for name, value in requested.items()
+                       if name not in RUNTIME_FIELDS and saved_items.get(name) != value)
+    if conflicts:
+        described = ", ".join(f"{n}={requested[n]!r} (run has {saved_items.get(n)!r})"
+                              for n in conflicts)
+        raise UserError(
+            f"Cannot resume with changed settings: {described}; drop them, or start a new "
+            "run with another --out."
+        )
 
 
 def prepare_run(preset: str | None, overrides: dict[str, Any], out: Path | None,
@@ -70,36 +92,42 @@ def prepare_run(preset: str | None, overrides: dict[str, Any], out: Path | None,
     overrides: the flat config keys the user set (config file, then flags).
     resume: None (fresh run), "auto" (continue the matching run if there is one) or a path.
     """
-    checkpoint = None
     if resume not in (None, "auto"):
-        checkpoint = Path(resume)
-    else:
-        config = resolve_config(preset, {**runtime_defaults(overrides), **overrides})
-        run_dir = out or (find_resumable_run(flat_items(config)) if resume == "auto" else None)
-        if run_dir is not None and (run_dir / LAST).is_file():
-            if resume is None:
-                raise UserError(
-                    f"{run_dir} already holds a run; pass --resume auto to continue it, or "
-                    "choose another --out."
-                )
-            checkpoint = run_dir / LAST
+        return _resume(Path(resume), preset, overrides, out)
 
-    if checkpoint is None:
-        run_dir = out or default_run_dir(config.model.arch)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(config, run_dir)
-        return Trainer(config, run_dir), None
+    config = resolve_config(preset, {**runtime_defaults(overrides), **overrides})
+    run_dir = out or (find_resumable_run(flat_items(config)) if resume == "auto" else None)
+    if run_dir is not None and resume == "auto" and (run_dir / LAST).is_file():
+        return _resume(run_dir / LAST, preset, overrides, out=None)
+    if run_dir is not None and resume is None and holds_run(run_dir):
+        raise UserError(f"{run_dir} already holds a run; pass --resume auto to continue it, "
+                        "or choose another --out.")
+    run_dir = run_dir or default_run_dir(config.model.arch)
+    trainer = Trainer(config, run_dir)
+    _start_run_dir(config, run_dir)
+    return trainer, None
 
+
+def _resume(checkpoint: Path, preset: str | None, overrides: dict[str, Any],
+            out: Path | None) -> tuple[Trainer, Path]:
     state = load_checkpoint(checkpoint)
-    saved = config_from_checkpoint(state, checkpoint)
-    check_resume_compatible(saved, overrides)
+    try:
+        saved = from_dict(state["config"])
+    except (KeyError, TypeError) as error:
+        raise UserError(f"{checkpoint} holds no usable run config; it was not written by "
+                        "byolctl pretrain.") from error
+    requested = {**preset_values(preset, overrides), **overrides} if preset else overrides
+    check_resume_compatible(saved, requested)
     runtime = {k: v for k, v in {**runtime_defaults(overrides), **overrides}.items()
                if k in RUNTIME_FIELDS}
     config = apply_overrides(saved, runtime)
     validate(config)
-    run_dir = out or checkpoint_run_dir(checkpoint)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(config, run_dir)
+
+    home = checkpoint_run_dir(checkpoint)
+    run_dir = out or home
+    if run_dir.resolve() != home.resolve() and holds_run(run_dir):
+        raise UserError(f"{run_dir} already holds another run; choose an empty --out to "
+                        f"continue {checkpoint} there.")
     trainer = Trainer(config, run_dir)
     if state["total_steps"] != trainer.total_steps:
         raise UserError(
@@ -107,4 +135,11 @@ def prepare_run(preset: str | None, overrides: dict[str, Any], out: Path | None,
             f"now give {trainer.total_steps}; the data changed size - resume on the same data."
         )
     trainer.restore(state)
+    _start_run_dir(config, run_dir)
     return trainer, checkpoint
+
+
+def _start_run_dir(config: PretrainConfig, run_dir: Path) -> None:
+    """Create the run folder and save the resolved config as config.json."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2) + "\n")

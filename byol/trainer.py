@@ -9,7 +9,6 @@ LARS -> EMA of the target. The schedules are precomputed arrays indexed by the s
 """
 
 import contextlib
-import json
 import math
 import signal
 import threading
@@ -23,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from byol import ops
-from byol.checkpoint import save_checkpoint
-from byol.config import PretrainConfig, RUNTIME_FIELDS, flat_items, from_dict, to_dict
+from byol.checkpoint import LAST, save_checkpoint
+from byol.config import PretrainConfig, to_dict
 from byol.data import TwoViewBatch, build_loader
 from byol.errors import UserError
 from byol.metrics import MetricsLog
@@ -55,6 +54,7 @@ class Trainer:
         self.config = config
         self.run_dir = run_dir
         self.device = torch.device(config.device)
+        ops.require_backend(config.kernels)
         torch.manual_seed(config.seed)
 
         self.loader = build_loader(config, self.device)
@@ -68,6 +68,7 @@ class Trainer:
         self.model = BYOL(config.model).to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema_target, self.ema_online = self.model.ema_pairs()
         self.optimizer = LARS(
             lars_param_groups(self.model.trainable_parameters()), lr=0.0,
             weight_decay=config.weight_decay, momentum=config.momentum, eta=config.lars_eta,
@@ -112,7 +113,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
         self.optimizer.step()
-        ops.ema_update_(*self.model.ema_pairs(), tau, backend=self.config.kernels)
+        ops.ema_update_(self.ema_target, self.ema_online, tau, backend=self.config.kernels)
         self.step += 1
 
         # Collapse signal: per-dimension std of l2-normalized projections; 1/sqrt(dim) is
@@ -129,16 +130,17 @@ class Trainer:
         `on_progress` receives the newest metrics record about once a second.
         """
         self.model.train()
-        log = MetricsLog(self.run_dir)
+        log = MetricsLog(self.run_dir, self.step)
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         window_start = time.perf_counter()
-        record, checkpoint, saved_step = None, None, self.step
+        record, saved_step = None, self.step
+        checkpoint = self.run_dir / LAST if (self.run_dir / LAST).is_file() else None
 
         def flush() -> None:
             nonlocal pending, window_start, record
             images_per_s = len(pending) * self.config.batch_size / (
                 time.perf_counter() - window_start)
-            record = self._write_metrics(log, pending, images_per_s)
+            record = self._write_metrics(log, pending, images_per_s, checkpoint, saved_step)
             pending, window_start = [], time.perf_counter()
             if on_progress is not None:
                 on_progress(record)
@@ -153,6 +155,7 @@ class Trainer:
                         flush()
                     if at_checkpoint:
                         checkpoint, saved_step = self.save(), self.step
+                        window_start = time.perf_counter()  # saving is not training time
                 # Finished, or a stop was requested: keep every step done so far.
                 if pending:
                     flush()
@@ -167,8 +170,12 @@ class Trainer:
         """Finish the current step, write a checkpoint, and return from `fit`."""
         self._stop.set()
 
-    def _write_metrics(self, log: MetricsLog, pending: list, images_per_s: float) -> dict:
-        """Read the pending steps' metrics back from the device (one sync) and log each."""
+    def _write_metrics(self, log: MetricsLog, pending: list, images_per_s: float,
+                       checkpoint: Path | None, checkpoint_step: int) -> dict:
+        """Read the pending steps' metrics back from the device (one sync) and log each.
+
+        A non-finite loss ends the run here, before a checkpoint could save its state.
+        """
         values = torch.stack([torch.stack(list(m.values())) for _, m in pending]).tolist()
         names = list(pending[0][1])
         for (step, _), row in zip(pending, values):
@@ -178,9 +185,11 @@ class Trainer:
             log.write(record)
             if not math.isfinite(record["loss"]):
                 log.flush()
+                last_good = (f"the last good checkpoint is {checkpoint} (step "
+                             f"{checkpoint_step})" if checkpoint else "no checkpoint was written")
                 raise FloatingPointError(
-                    f"The loss became {record['loss']} at step {record['step']}; lower --lr, "
-                    "or resume from the last checkpoint (checkpoints hold no such step)."
+                    f"The loss became {record['loss']} at step {record['step']}; "
+                    f"{last_good}. Start a new run with a lower --lr."
                 )
         log.flush()
         return record
@@ -239,31 +248,3 @@ def _stop_on_signals(stop: threading.Event):
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-def config_from_checkpoint(state: dict[str, Any], path: Path) -> PretrainConfig:
-    """The run config saved in a checkpoint; UserError if it cannot be read."""
-    try:
-        return from_dict(state["config"])
-    except (KeyError, TypeError) as error:
-        raise UserError(f"{path} holds no usable run config; it was not written by "
-                        "byolctl pretrain.") from error
-
-
-def check_resume_compatible(saved: PretrainConfig, requested: dict[str, Any]) -> None:
-    """UserError if an option given for a resumed run would change what the run computes."""
-    saved_items = flat_items(saved)
-    conflicts = [name for name, value in requested.items()
-                 if name not in RUNTIME_FIELDS and saved_items.get(name) != value]
-    if conflicts:
-        described = ", ".join(f"{n}={requested[n]!r} (run has {saved_items.get(n)!r})"
-                              for n in sorted(conflicts))
-        raise UserError(
-            f"Cannot resume with changed settings: {described}; drop them, or start a new "
-            "run with another --out."
-        )
-
-
-def write_config(config: PretrainConfig, run_dir: Path) -> None:
-    """Save the resolved config as <run>/config.json."""
-    (run_dir / "config.json").write_text(json.dumps(to_dict(config), indent=2) + "\n")

@@ -5,6 +5,7 @@
 """
 
 import functools
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -103,16 +104,17 @@ def pretrain(
     config: ConfigOpt = None,
 ):
     """Pretrain an encoder with BYOL. With no options: the demo preset on the built-in data."""
+    # Only the options the user gave override the preset and the config file.
+    flags = {name: value.value if isinstance(value, Enum) else value
+             for name, value in locals().items()
+             if value is not None and name not in ("preset", "out", "resume", "config")}
     from byol.pretrain import prepare_run  # deferred: keeps --help fast
 
-    flags = {name: value for name, value in locals().items()
-             if value is not None and name not in ("preset", "out", "resume", "config",
-                                                   "prepare_run")}
     settings: dict[str, Any] = read_config_file(config) if config else {}
-    preset_name = preset.value if preset else settings.pop("preset", None)
-    file_out = settings.pop("out", None)
+    file_preset, file_out = settings.pop("preset", None), settings.pop("out", None)
+    preset_name = preset.value if preset else file_preset
     out = out or (Path(file_out) if file_out else None)
-    settings.update({k: v.value if hasattr(v, "value") else v for k, v in flags.items()})
+    settings.update(flags)
 
     trainer, resumed_from = prepare_run(preset_name, settings, out, resume)
     cfg = trainer.config
@@ -136,15 +138,21 @@ def pretrain(
         summary = trainer.fit(on_progress)
 
     if summary.interrupted:
-        print_error(f"Interrupted at step {summary.step} of {summary.total_steps}; "
-                    f"checkpoint saved. Resume with: byolctl pretrain --resume "
-                    f"{summary.checkpoint}")
+        if summary.checkpoint is None:
+            print_error("Interrupted before the first step; nothing was saved.")
+        else:
+            print_error(f"Interrupted at step {summary.step} of {summary.total_steps}; "
+                        f"checkpoint saved. Resume with: byolctl pretrain --resume "
+                        f"{summary.checkpoint}")
         raise typer.Exit(1)
-    record = summary.last_record or {}
-    console.print(f"Done: {summary.step} steps, loss {record.get('loss', float('nan')):.4f}, "
-                  f"collapse std {record.get('collapse_std', float('nan')):.4f} "
-                  f"(healthy near {cfg.model.projector_dim ** -0.5:.4f}). "
-                  f"Checkpoint: {summary.checkpoint}")
+    if summary.last_record is None:
+        console.print(f"Nothing to do: the run already finished at step {summary.step} "
+                      f"({summary.checkpoint}).")
+        return
+    record = summary.last_record
+    console.print(f"Done: {summary.step} steps, loss {record['loss']:.4f}, collapse std "
+                  f"{record['collapse_std']:.4f} (healthy near "
+                  f"{cfg.model.projector_dim ** -0.5:.4f}). Checkpoint: {summary.checkpoint}")
 
 
 def main() -> None:

@@ -82,6 +82,7 @@ CheckpointEveryOpt = Annotated[Optional[int], typer.Option(
     "--checkpoint-every", help="Steps between checkpoints (and one at the end).",
     show_default=False)]
 KeepOpt = Annotated[Optional[int], typer.Option(
-    "--keep-checkpoints", help="Step checkpoints to keep besides last.pt.", show_default=False)]
+    "--keep-checkpoints", help="Step checkpoints to keep (last.pt names the newest).",
+    show_default=False)]
 ConfigOpt = Annotated[Optional[Path], typer.Option(
     "--config", help="YAML or TOML file of settings (flags override it).", show_default=False)]

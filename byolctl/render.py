@@ -4,7 +4,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-console = Console()
+console = Console(soft_wrap=True)
 error_console = Console(stderr=True)
 
 

@@ -63,6 +63,24 @@ def test_flags_override_the_config_file(tmp_path):
     assert (config["batch_size"], config["lr"], config["seed"]) == (8, 0.25, 7)
 
 
+def test_a_preset_flag_wins_over_the_config_files_preset(tmp_path):
+    settings = tmp_path / "run.toml"
+    out = tmp_path / "run"
+    settings.write_text('preset = "imagenet"\nweight-decay = "1e-5"\n')
+    result = runner.invoke(app, ["pretrain", *TINY_FLAGS, "--config", str(settings),
+                                 "--preset", "cifar", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert (config["lars_eta"], config["weight_decay"]) == (0.02, 1e-5)
+
+
+def test_a_config_value_of_the_wrong_type_is_a_clean_error(tmp_path):
+    settings = tmp_path / "run.yaml"
+    settings.write_text("batch-size: lots\n")
+    result = runner.invoke(app, ["pretrain", "--config", str(settings)])
+    assert result.exit_code == 2 and "batch_size must be int" in result.output
+
+
 def test_python_dash_m_runs_the_same_command_line():
     result = subprocess.run([sys.executable, "-m", "byolctl", "--version"],
                             capture_output=True, text=True, check=False)

@@ -123,3 +123,53 @@ def test_a_compiled_run_matches_an_eager_run(tiny):
     _, eager, _ = _run(settings, out="eager")
     _, compiled, _ = _run({**settings, "compile": True}, out="compiled")
     assert compiled.last_record["loss"] == pytest.approx(eager.last_record["loss"], rel=1e-3)
+
+
+def test_a_run_that_cannot_start_leaves_no_folder_behind(tiny):
+    with pytest.raises(UserError):
+        prepare_run(None, {**tiny, "data": "/no/such/folder"}, Path("run"), None)
+    with pytest.raises(UserError, match="kernels"):
+        prepare_run(None, {**tiny, "kernels": "fused"}, Path("run"), None)
+    assert not Path("run").exists()
+
+
+def test_a_folder_with_any_part_of_a_run_is_not_reused_without_resume(tiny):
+    Path("run").mkdir()
+    Path("run/config.json").write_text("{}")
+    with pytest.raises(UserError, match="already holds a run"):
+        prepare_run(None, tiny, Path("run"), None)
+
+
+def test_resume_refuses_a_different_preset_and_another_runs_folder(tiny):
+    _run(tiny, stop_at=2)
+    with pytest.raises(UserError, match="changed settings"):
+        prepare_run("cifar", tiny, None, "run/last.pt")
+    _run(tiny, out="other", stop_at=1)
+    with pytest.raises(UserError, match="another run"):
+        prepare_run(None, tiny, Path("other"), "run/last.pt")
+
+
+def test_resuming_from_an_older_checkpoint_rewrites_history_once(tiny):
+    settings = {**tiny, "checkpoint_every": 2, "keep_checkpoints": 5}
+    _run(settings)
+    _, summary, _ = _run(settings, resume="run/checkpoints/step-0000002.pt")
+    steps = [json.loads(line)["step"] for line in Path("run/metrics.jsonl").open()]
+    assert steps == list(range(1, 7)) and summary.step == 6
+    kept = sorted(p.name for p in Path("run/checkpoints").iterdir())
+    assert kept == ["step-0000002.pt", "step-0000004.pt", "step-0000006.pt"]
+
+
+def test_checkpoints_are_pruned_by_step_number_not_by_name(tmp_path):
+    from byol.checkpoint import save_checkpoint
+
+    for step in (9_999_999, 10_000_000):
+        save_checkpoint({"step": step}, tmp_path, step, keep=1)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-10000000.pt"]
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 10_000_000
+
+
+def test_resuming_a_finished_run_has_nothing_to_do(tiny):
+    _run(tiny)
+    trainer, summary, _ = _run(tiny, resume="run/last.pt")
+    assert summary.step == 6 and summary.last_record is None
+    assert summary.checkpoint == Path("run/last.pt")

@@ -111,6 +111,8 @@ class InMemoryLoader(TwoViewLoader):
 
     def __iter__(self) -> Iterator[TwoViewBatch]:
         while True:
+            if self.position >= self.steps_per_epoch:  # e.g. resumed at an epoch's end
+                self.epoch, self.position = self.epoch + 1, 0
             sampler = EpochSampler(self.num_images, self.batch_size, self.seed, self.epoch,
                                    self.position, self.rank, self.world_size)
             loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler,
@@ -122,7 +124,6 @@ class InMemoryLoader(TwoViewLoader):
                 yield TwoViewBatch(_to_device(view1, self.device),
                                    _to_device(view2, self.device),
                                    labels.to(self.device, non_blocking=True))
-            self.epoch, self.position = self.epoch + 1, 0
 
 
 class RandomTensorLoader(TwoViewLoader):
