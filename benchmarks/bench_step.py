@@ -23,14 +23,18 @@ from byol.presets import resolve_config  # noqa: E402
 from byol.trainer import Trainer  # noqa: E402
 
 
-def forward_flops(trainer: Trainer, image_size: int) -> int:
-    """FLOPs of one online forward (encoder + projector) for one view of one image."""
-    view = torch.randn(2, 3, image_size, image_size)
-    model = trainer.model.online.to("cpu").eval()
-    with FlopCounterMode(display=False) as counter:
-        model(view)
+def flops_per_image(trainer: Trainer, image_size: int) -> int:
+    """Model FLOPs of one BYOL image: two views, each through the online network (f, g, q)
+    forward and backward (about 3x a forward) and the target network (f, g) forward."""
+    views = torch.randn(2, 3, image_size, image_size)
+    model = trainer.model.to("cpu").eval()
+    with FlopCounterMode(display=False) as online:
+        model.predictor(model.online(views))
+    with FlopCounterMode(display=False) as target:
+        model.target(views)
     model.to(trainer.device).train()
-    return counter.get_total_flops() // 2
+    per_view = 3 * online.get_total_flops() + target.get_total_flops()
+    return 2 * per_view // len(views)
 
 
 def synchronize(device: torch.device) -> None:
@@ -59,7 +63,7 @@ def main() -> None:
                                         "compile": args.compile}.items() if v is not None})
     config = resolve_config(None, {**runtime_defaults(overrides), **overrides})
     trainer = Trainer(config, run_dir=Path("unused"))
-    flops_per_image = 8 * forward_flops(trainer, args.image_size)  # 2 views x (3 online + 1 target)
+    image_flops = flops_per_image(trainer, args.image_size)
 
     batches = iter(trainer.loader)
     trainer.model.train()
@@ -83,8 +87,8 @@ def main() -> None:
         "precision": config.precision, "compile": config.compile, "kernels": config.kernels,
         "timed_steps": args.steps, "ms_per_step": 1000 * seconds / args.steps,
         "images_per_s": images_per_s,
-        "gflop_per_image": flops_per_image / 1e9,
-        "mfu_bf16": images_per_s * flops_per_image / peak if peak else None,
+        "gflop_per_image": image_flops / 1e9,
+        "mfu_bf16": images_per_s * image_flops / peak if peak else None,
         "peak_memory_gib": (torch.cuda.max_memory_allocated(trainer.device) / 2**30
                             if trainer.device.type == "cuda" else None),
     }
