@@ -28,8 +28,9 @@ def lars_param_groups(parameters: Iterable[nn.Parameter]) -> list[dict]:
 class LARS(torch.optim.Optimizer):
     """LARS with momentum; see `kernels.reference.lars_step_` for the update rule.
 
-    All groups share one learning rate, set by the trainer before each step; one call to the
-    dispatch point updates every tensor.
+    One call to the dispatch point updates every tensor, so all groups share the first group's
+    lr, weight decay, momentum and eta (the trainer sets lr on every group before each step);
+    groups differ only in `lars_exclude`.
     """
 
     def __init__(self, param_groups: list[dict], *, lr: float, weight_decay: float,
