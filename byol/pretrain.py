@@ -25,6 +25,7 @@ from byol.trainer import Trainer
 
 RUNS_ROOT = Path("runs")
 CONFIG_FILE = "config.json"
+CLASSES_FILE = "classes.json"
 
 
 def runtime_defaults(requested: dict[str, Any]) -> dict[str, Any]:
@@ -104,7 +105,7 @@ def prepare_run(preset: str | None, overrides: dict[str, Any], out: Path | None,
                         "or choose another --out.")
     run_dir = run_dir or default_run_dir(config.model.arch)
     trainer = Trainer(config, run_dir)
-    _start_run_dir(config, run_dir)
+    _start_run_dir(trainer)
     return trainer, None
 
 
@@ -135,11 +136,15 @@ def _resume(checkpoint: Path, preset: str | None, overrides: dict[str, Any],
             f"now give {trainer.total_steps}; the data changed size - resume on the same data."
         )
     trainer.restore(state)
-    _start_run_dir(config, run_dir)
+    _start_run_dir(trainer)
     return trainer, checkpoint
 
 
-def _start_run_dir(config: PretrainConfig, run_dir: Path) -> None:
-    """Create the run folder and save the resolved config as config.json."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(json.dumps(to_dict(config), indent=2) + "\n")
+def _start_run_dir(trainer: Trainer) -> None:
+    """Create the run folder; save the resolved config, and the class names of labeled data."""
+    trainer.run_dir.mkdir(parents=True, exist_ok=True)
+    config_json = json.dumps(to_dict(trainer.config), indent=2)
+    (trainer.run_dir / CONFIG_FILE).write_text(config_json + "\n")
+    classes = getattr(trainer.loader, "classes", None)
+    if classes is not None:
+        (trainer.run_dir / CLASSES_FILE).write_text(json.dumps(classes) + "\n")

@@ -32,7 +32,7 @@ class Kernels(str, Enum):
 
 
 DataOpt = Annotated[Optional[str], typer.Option(
-    "--data", help="Image source: `demo` (built in, the default) or `random` (for profiling).",
+    "--data", help="Image folder (<class>/<image>), `demo` (built in, the default) or `random`.",
     show_default=False)]
 ArchOpt = Annotated[Optional[Arch], typer.Option(
     "--arch", help="Encoder architecture (torchvision ResNet).", show_default=False)]

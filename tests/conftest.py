@@ -5,8 +5,21 @@ import os
 # The Triton interpreter must be chosen before any kernel module is imported.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import tarfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+from unittest import mock  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+import byol.trainer  # noqa: E402
+from byol.pretrain import prepare_run  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+CIFAR_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+# A few real JPEGs per class, unpacked once into a git-ignored cache.
+CIFAR_SUBSET = REPO / ".cache" / "cifar10-subset"
+CIFAR_CLASSES = ("cat", "dog", "ship")
 
 # A network and batch small enough for a CPU step to take a fraction of a second.
 TINY = {
@@ -33,3 +46,33 @@ def tiny() -> dict:
 def _in_tmp_dir(tmp_path, monkeypatch):
     """Run every test in its own folder, so default run folders (runs/...) land there."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def cifar_folder() -> Path:
+    """`train/<class>/*.jpg` with 10 real CIFAR-10 JPEGs for each of CIFAR_CLASSES."""
+    root = CIFAR_SUBSET / "train"
+    if not all(len(list((root / c).glob("*.jpg"))) == 10 for c in CIFAR_CLASSES):
+        if not CIFAR_ARCHIVE.is_file():
+            pytest.skip(f"needs {CIFAR_ARCHIVE.name} in the shared data folder")
+        wanted = {f"train/{c}/000{i}.jpg" for c in CIFAR_CLASSES for i in range(10)}
+        with tarfile.open(CIFAR_ARCHIVE) as archive:
+            members = [m for m in archive if m.name.removeprefix("./") in wanted]
+            archive.extractall(CIFAR_SUBSET, members=members, filter="data")
+    return root
+
+
+def run_pretraining(overrides: dict, out="run", resume=None, stop_at=None):
+    """Prepare and fit a run; with `stop_at`, request a stop once that step is logged.
+
+    Returns (trainer, summary, checkpoint resumed from).
+    """
+    trainer, resumed = prepare_run(None, overrides, Path(out) if out else None, resume)
+
+    def stop(record):
+        if record["step"] == stop_at:
+            trainer.request_stop()
+
+    # Metrics (and with them the progress callback) normally flush once a second.
+    with mock.patch.object(byol.trainer, "FLUSH_SECONDS", 0.0):
+        return trainer, trainer.fit(stop), resumed

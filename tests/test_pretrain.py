@@ -6,32 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import byol.trainer
 from byol.checkpoint import load_checkpoint
 from byol.errors import UserError
 from byol.pretrain import prepare_run
-
-
-@pytest.fixture(autouse=True)
-def _report_every_step(monkeypatch):
-    # Metrics (and with them on_progress) normally flush once a second; tests want each step.
-    monkeypatch.setattr(byol.trainer, "FLUSH_SECONDS", 0.0)
-
-
-def _run(overrides, out="run", resume=None, stop_at=None):
-    trainer, resumed = prepare_run(None, overrides, Path(out), resume)
-    if stop_at is None:
-        return trainer, trainer.fit(), resumed
-
-    def stop(record):
-        if record["step"] == stop_at:
-            trainer.request_stop()
-
-    return trainer, trainer.fit(stop), resumed
+from tests.conftest import run_pretraining
 
 
 def test_short_pretrain_writes_config_metrics_and_a_loadable_checkpoint(tiny):
-    trainer, summary, _ = _run({**tiny, "checkpoint_every": 4, "keep_checkpoints": 1})
+    trainer, summary, _ = run_pretraining({**tiny, "checkpoint_every": 4, "keep_checkpoints": 1})
     run = Path("run")
     assert summary.step == summary.total_steps == 6 and not summary.interrupted
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -47,11 +29,11 @@ def test_short_pretrain_writes_config_metrics_and_a_loadable_checkpoint(tiny):
 
 
 def test_an_interrupted_and_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(tiny):
-    straight, _, _ = _run(tiny, out="straight")
-    _, partial, _ = _run(tiny, out="parts", stop_at=3)
+    straight, _, _ = run_pretraining(tiny, out="straight")
+    _, partial, _ = run_pretraining(tiny, out="parts", stop_at=3)
     assert partial.interrupted and partial.step == 3
     assert load_checkpoint(Path("parts/last.pt"))["step"] == 3
-    resumed, final, resumed_from = _run(tiny, out="parts", resume="parts/last.pt")
+    resumed, final, resumed_from = run_pretraining(tiny, out="parts", resume="parts/last.pt")
     assert resumed_from == Path("parts/last.pt") and final.step == 6
     expected, actual = straight.model.state_dict(), resumed.model.state_dict()
     for name in expected:
@@ -65,14 +47,13 @@ def test_an_interrupted_and_resumed_run_ends_bit_for_bit_like_an_uninterrupted_o
 
 
 def test_resume_auto_continues_the_run_in_the_out_folder(tiny):
-    _run(tiny, out="run", stop_at=2)
-    trainer, summary, resumed_from = _run(tiny, out="run", resume="auto")
+    run_pretraining(tiny, out="run", stop_at=2)
+    trainer, summary, resumed_from = run_pretraining(tiny, out="run", resume="auto")
     assert resumed_from == Path("run/last.pt") and summary.step == 6
 
 
 def test_resume_auto_without_out_finds_the_newest_matching_run(tiny):
-    first, _ = prepare_run(None, tiny, None, None)
-    first.fit(lambda record: record["step"] == 2 and first.request_stop())
+    first, _, _ = run_pretraining(tiny, out=None, stop_at=2)
     trainer, resumed_from = prepare_run(None, tiny, None, "auto")
     assert resumed_from == first.run_dir / "last.pt" and trainer.step == 2
     other, resumed_other = prepare_run(None, {**tiny, "lr": 0.123}, None, "auto")
@@ -80,13 +61,13 @@ def test_resume_auto_without_out_finds_the_newest_matching_run(tiny):
 
 
 def test_a_folder_holding_a_run_is_not_overwritten_without_resume(tiny):
-    _run(tiny)
+    run_pretraining(tiny)
     with pytest.raises(UserError, match="--resume auto"):
         prepare_run(None, tiny, Path("run"), None)
 
 
 def test_resuming_with_a_changed_setting_is_refused_but_runtime_options_may_change(tiny):
-    _run(tiny, stop_at=2)
+    run_pretraining(tiny, stop_at=2)
     with pytest.raises(UserError, match="lr=0.5"):
         prepare_run(None, {**tiny, "lr": 0.5}, Path("run"), "auto")
     trainer, _ = prepare_run(None, {**tiny, "workers": 1}, Path("run"), "auto")
@@ -111,17 +92,17 @@ def test_a_non_finite_loss_stops_the_run_without_writing_a_checkpoint(tiny):
 
 @pytest.mark.slow
 def test_the_loss_falls_on_the_demo_data(tiny):
-    _, summary, _ = _run({**tiny, "batch_size": 32, "steps": 25, "lr": 1.0})
+    _, summary, _ = run_pretraining({**tiny, "batch_size": 32, "steps": 25, "lr": 1.0})
     losses = [json.loads(line)["loss"] for line in Path("run/metrics.jsonl").open()]
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
     assert summary.last_record["collapse_std"] > 0.01
 
 
 @pytest.mark.slow
-def test_a_compiled_run_matches_an_eager_run(tiny):
+def test_a_compiled_run_matches_an_eagerrun_pretraining(tiny):
     settings = {**tiny, "steps": 2}
-    _, eager, _ = _run(settings, out="eager")
-    _, compiled, _ = _run({**settings, "compile": True}, out="compiled")
+    _, eager, _ = run_pretraining(settings, out="eager")
+    _, compiled, _ = run_pretraining({**settings, "compile": True}, out="compiled")
     assert compiled.last_record["loss"] == pytest.approx(eager.last_record["loss"], rel=1e-3)
 
 
@@ -141,18 +122,18 @@ def test_a_folder_with_any_part_of_a_run_is_not_reused_without_resume(tiny):
 
 
 def test_resume_refuses_a_different_preset_and_another_runs_folder(tiny):
-    _run(tiny, stop_at=2)
+    run_pretraining(tiny, stop_at=2)
     with pytest.raises(UserError, match="changed settings"):
         prepare_run("cifar", tiny, None, "run/last.pt")
-    _run(tiny, out="other", stop_at=1)
+    run_pretraining(tiny, out="other", stop_at=1)
     with pytest.raises(UserError, match="another run"):
         prepare_run(None, tiny, Path("other"), "run/last.pt")
 
 
 def test_resuming_from_an_older_checkpoint_rewrites_history_once(tiny):
     settings = {**tiny, "checkpoint_every": 2, "keep_checkpoints": 5}
-    _run(settings)
-    _, summary, _ = _run(settings, resume="run/checkpoints/step-0000002.pt")
+    run_pretraining(settings)
+    _, summary, _ = run_pretraining(settings, resume="run/checkpoints/step-0000002.pt")
     steps = [json.loads(line)["step"] for line in Path("run/metrics.jsonl").open()]
     assert steps == list(range(1, 7)) and summary.step == 6
     kept = sorted(p.name for p in Path("run/checkpoints").iterdir())
@@ -169,7 +150,7 @@ def test_checkpoints_are_pruned_by_step_number_not_by_name(tmp_path):
 
 
 def test_resuming_a_finished_run_has_nothing_to_do(tiny):
-    _run(tiny)
-    trainer, summary, _ = _run(tiny, resume="run/last.pt")
+    run_pretraining(tiny)
+    trainer, summary, _ = run_pretraining(tiny, resume="run/last.pt")
     assert summary.step == 6 and summary.last_record is None
     assert summary.checkpoint == Path("run/last.pt")

@@ -121,8 +121,8 @@ class InMemoryLoader(TwoViewLoader):
                                 worker_init_fn=_leave_stop_signals_to_the_trainer)
             for view1, view2, labels in loader:
                 self.position += 1
-                yield TwoViewBatch(_to_device(view1, self.device),
-                                   _to_device(view2, self.device),
+                yield TwoViewBatch(to_training_layout(view1, self.device),
+                                   to_training_layout(view2, self.device),
                                    labels.to(self.device, non_blocking=True))
 
 
@@ -138,8 +138,8 @@ class RandomTensorLoader(TwoViewLoader):
         generator = torch.Generator().manual_seed(seed)
         shape = (batch_size, 3, image_size, image_size)
         self.batch = TwoViewBatch(
-            _to_device(torch.randn(shape, generator=generator), device),
-            _to_device(torch.randn(shape, generator=generator), device),
+            to_training_layout(torch.randn(shape, generator=generator), device),
+            to_training_layout(torch.randn(shape, generator=generator), device),
             None,
         )
 
@@ -159,7 +159,8 @@ def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _to_device(images: Tensor, device: torch.device) -> Tensor:
+def to_training_layout(images: Tensor, device: torch.device) -> Tensor:
+    """Move a (B, 3, H, W) batch to the device, channels_last on a GPU."""
     images = images.to(device, non_blocking=True)
     if device.type == "cuda":
         images = images.contiguous(memory_format=torch.channels_last)

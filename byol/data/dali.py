@@ -1,0 +1,125 @@
+"""Two-view batches from an image folder, decoded and augmented by NVIDIA DALI.
+
+    byolctl pretrain --data /datasets/imagenet/train
+
+Decoding runs on the GPU (`device="mixed"`) when training there, and on DALI's CPU operators
+(`device_id=None`) otherwise. The augmentations are BYOL's (see `byol.data.augment`), each
+random choice drawn per sample. DALI's color twist applies brightness, contrast, saturation and
+hue as one fixed color transform, so unlike torchvision their order is not shuffled.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW_PROBABILITIES, blur_kernel_size
+from byol.data.loaders import TwoViewBatch, TwoViewLoader, to_training_layout
+from byol.errors import UserError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+READER = "reader"
+
+
+def scan_image_folder(root: Path) -> tuple[list[str], list[int], list[str]]:
+    """(files, labels, classes) of a `root/<class>/<image>` folder, in sorted order."""
+    if not root.is_dir():
+        raise UserError(f"--data {root}: no such folder; pass a folder of <class>/<image> files.")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).iterdir()):
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                files.append(str(path))
+                labels.append(label)
+    if not files:
+        raise UserError(f"--data {root}: no images found; expected {root}/<class>/<image>.jpg.")
+    return files, labels, classes
+
+
+def _solarize(images):
+    """Invert the pixels at or above half the uint8 range, as torchvision's RandomSolarize."""
+    wide = fn.cast(images, dtype=types.INT16)
+    above = fn.cast(images >= 128, dtype=types.INT16)
+    return fn.cast(wide + above * (255 - 2 * wide), dtype=types.UINT8)
+
+
+def _augmented_view(images, image_size: int, view: int):
+    blur_p, solarize_p = VIEW_PROBABILITIES[view - 1]
+    x = fn.random_resized_crop(images, size=image_size, random_area=[0.08, 1.0],
+                               random_aspect_ratio=[3 / 4, 4 / 3])
+    x = fn.flip(x, horizontal=fn.random.coin_flip())
+    if fn.random.coin_flip(probability=0.8):
+        x = fn.color_twist(x, brightness=fn.random.uniform(range=[0.6, 1.4]),
+                           contrast=fn.random.uniform(range=[0.6, 1.4]),
+                           saturation=fn.random.uniform(range=[0.8, 1.2]),
+                           hue=fn.random.uniform(range=[-36.0, 36.0]))  # 0.1 of 360 degrees
+    if fn.random.coin_flip(probability=0.2):
+        x = fn.color_twist(x, saturation=0.0)  # grayscale, kept in 3 channels
+    if fn.random.coin_flip(probability=blur_p):
+        x = fn.gaussian_blur(x, window_size=blur_kernel_size(image_size),
+                             sigma=fn.random.uniform(range=[0.1, 2.0]))
+    if fn.random.coin_flip(probability=solarize_p):
+        x = _solarize(x)
+    return fn.crop_mirror_normalize(x, dtype=types.FLOAT, output_layout="CHW",
+                                    mean=[255 * m for m in IMAGENET_MEAN],
+                                    std=[255 * s for s in IMAGENET_STD])
+
+
+@pipeline_def(enable_conditionals=True, enable_checkpointing=True)
+def two_view_pipeline(files: list[str], labels: list[int], image_size: int, on_gpu: bool,
+                      shard_id: int, num_shards: int):
+    """DALI pipeline: (view1, view2, label) per image of `files`, sharded and reshuffled each
+    epoch; every image appears once per epoch across the shards."""
+    encoded, label = fn.readers.file(files=files, labels=labels, shuffle_after_epoch=True,
+                                     shard_id=shard_id, num_shards=num_shards, name=READER)
+    images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu",
+                               output_type=types.RGB)
+    return (_augmented_view(images, image_size, 1), _augmented_view(images, image_size, 2),
+            label)
+
+
+class DaliFolderLoader(TwoViewLoader):
+    """Two-view batches of an image folder through DALI; its position is a DALI checkpoint."""
+
+    def __init__(self, root: Path, *, image_size: int, batch_size: int, seed: int, workers: int,
+                 device: torch.device, rank: int = 0, world_size: int = 1):
+        files, labels, self.classes = scan_image_folder(root)
+        super().__init__(len(files), batch_size, world_size)
+        self._pipeline_args = dict(
+            files=files, labels=labels, image_size=image_size, on_gpu=device.type == "cuda",
+            shard_id=rank, num_shards=world_size, batch_size=batch_size,
+            num_threads=max(1, workers), seed=seed,
+            device_id=device.index or 0 if device.type == "cuda" else None,
+        )
+        self.device = device
+        self._dali_checkpoint: str | None = None
+        self._iterator: DALIGenericIterator | None = None
+
+    def _build_iterator(self) -> DALIGenericIterator:
+        pipeline = two_view_pipeline(**self._pipeline_args, checkpoint=self._dali_checkpoint)
+        return DALIGenericIterator([pipeline], ["view1", "view2", "labels"], reader_name=READER,
+                                   last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
+
+    def __iter__(self) -> Iterator[TwoViewBatch]:
+        self._iterator = self._build_iterator()
+        while True:
+            for (batch,) in self._iterator:
+                self.position += 1
+                yield TwoViewBatch(to_training_layout(batch["view1"], self.device),
+                                   to_training_layout(batch["view2"], self.device),
+                                   batch["labels"].view(-1).long().to(self.device))
+            self.epoch, self.position = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self._iterator is not None:
+            state["dali"] = self._iterator.checkpoints()[0]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._dali_checkpoint = state.get("dali")
