@@ -68,15 +68,17 @@ class PretrainConfig:
     compile: bool = False
     """Compile the online and target networks with torch.compile."""
     workers: int = 2
-    """Data-loading worker processes."""
+    """Data-loading worker processes (DALI threads for image folders)."""
+    strict: bool = False
+    """Stop at the first unreadable image instead of skipping it."""
     checkpoint_every: int = 1000
     """Write a checkpoint every this many steps (and always at the end)."""
     keep_checkpoints: int = 3
     """How many step checkpoints to keep besides `last.pt`."""
 
 
-RUNTIME_FIELDS = frozenset({"device", "kernels", "compile", "workers", "checkpoint_every",
-                            "keep_checkpoints"})
+RUNTIME_FIELDS = frozenset({"device", "kernels", "compile", "workers", "strict",
+                            "checkpoint_every", "keep_checkpoints"})
 MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 TOP_FIELDS = frozenset(f.name for f in dataclasses.fields(PretrainConfig)) - {"model"}
 PRECISIONS = ("bf16", "fp32")

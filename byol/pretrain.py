@@ -16,8 +16,15 @@ from typing import Any
 import torch
 
 from byol.checkpoint import LAST, STEP_DIR, load_checkpoint
-from byol.config import (RUNTIME_FIELDS, PretrainConfig, apply_overrides, flat_items, from_dict,
-                         to_dict, validate)
+from byol.config import (
+    RUNTIME_FIELDS,
+    PretrainConfig,
+    apply_overrides,
+    flat_items,
+    from_dict,
+    to_dict,
+    validate,
+)
 from byol.errors import UserError
 from byol.metrics import METRICS_FILE
 from byol.presets import preset_values, resolve_config
@@ -26,6 +33,7 @@ from byol.trainer import Trainer
 RUNS_ROOT = Path("runs")
 CONFIG_FILE = "config.json"
 CLASSES_FILE = "classes.json"
+SKIPPED_FILE = "skipped_files.txt"  # one `path<TAB>reason` per unreadable image
 
 
 def runtime_defaults(requested: dict[str, Any]) -> dict[str, Any]:
@@ -141,10 +149,15 @@ def _resume(checkpoint: Path, preset: str | None, overrides: dict[str, Any],
 
 
 def _start_run_dir(trainer: Trainer) -> None:
-    """Create the run folder; save the resolved config, and the class names of labeled data."""
+    """Create the run folder; save the resolved config, the class names of labeled data and
+    the list of skipped unreadable images."""
     trainer.run_dir.mkdir(parents=True, exist_ok=True)
     config_json = json.dumps(to_dict(trainer.config), indent=2)
     (trainer.run_dir / CONFIG_FILE).write_text(config_json + "\n")
     classes = getattr(trainer.loader, "classes", None)
     if classes is not None:
         (trainer.run_dir / CLASSES_FILE).write_text(json.dumps(classes) + "\n")
+    skipped = getattr(trainer.loader, "skipped", [])
+    if skipped:
+        (trainer.run_dir / SKIPPED_FILE).write_text(
+            "".join(f"{path}\t{reason}\n" for path, reason in skipped))

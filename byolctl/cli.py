@@ -4,21 +4,43 @@
     byolctl pretrain --arch resnet50 --data random --steps 50
 """
 
-import functools
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from byol.errors import UserError
-from byolctl import __version__
+from byolctl import __version__, errors
 from byolctl.config_file import read_config_file
-from byolctl.options import (ArchOpt, BatchSizeOpt, CheckpointEveryOpt, CompileOpt, ConfigOpt,
-                             DataOpt, DeviceOpt, EpochsOpt, ImageSizeOpt, KeepOpt, KernelsOpt,
-                             LrOpt, OutOpt, PrecisionOpt, PresetOpt, ResumeOpt, SeedOpt,
-                             SmallStemOpt, StepsOpt, TauBaseOpt, WarmupOpt, WeightDecayOpt,
-                             WidthOpt, WorkersOpt)
+from byolctl.data_commands import data_app
+from byolctl.errors import exits_cleanly
+from byolctl.options import (
+    ArchOpt,
+    BatchSizeOpt,
+    CheckpointEveryOpt,
+    CompileOpt,
+    ConfigOpt,
+    DataOpt,
+    DeviceOpt,
+    EpochsOpt,
+    ImageSizeOpt,
+    KeepOpt,
+    KernelsOpt,
+    LrOpt,
+    OutOpt,
+    PrecisionOpt,
+    PresetOpt,
+    ResumeOpt,
+    SeedOpt,
+    SmallStemOpt,
+    StepsOpt,
+    StrictOpt,
+    TauBaseOpt,
+    WarmupOpt,
+    WeightDecayOpt,
+    WidthOpt,
+    WorkersOpt,
+)
 from byolctl.render import console, print_error, training_progress
 
 app = typer.Typer(
@@ -28,37 +50,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-_debug = False
-
-
-def exits_cleanly(command):
-    """Turn errors into one line and an exit status: 2 for bad input, 1 for anything else.
-
-    With --debug the traceback is shown instead.
-    """
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except UserError as error:
-            if _debug:
-                raise
-            print_error(str(error))
-            raise typer.Exit(2)
-        except KeyboardInterrupt:
-            print_error("Interrupted at once; nothing was saved since the last checkpoint.")
-            raise typer.Exit(1)
-        except Exception as error:
-            if _debug:
-                raise
-            print_error(f"{error} ({type(error).__name__}; rerun with --debug for details)")
-            raise typer.Exit(1)
-
-    return wrapper
-
-
+app.add_typer(data_app, name="data")
 def _print_version(value: bool) -> None:
     if value:
         console.print(f"byolctl {__version__}")
@@ -71,8 +63,7 @@ def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.",
                                  callback=_print_version, is_eager=True),
 ):
-    global _debug
-    _debug = debug
+    errors.show_tracebacks = debug
 
 
 @app.command(epilog="Example: byolctl pretrain --arch resnet50 --data random --steps 100")
@@ -99,6 +90,7 @@ def pretrain(
     resume: ResumeOpt = None,
     seed: SeedOpt = None,
     workers: WorkersOpt = None,
+    strict: StrictOpt = None,
     checkpoint_every: CheckpointEveryOpt = None,
     keep_checkpoints: KeepOpt = None,
     config: ConfigOpt = None,
@@ -122,6 +114,10 @@ def pretrain(
         console.print("No GPU found: training on the CPU (fine for the demo, slow for real data).")
     if resumed_from:
         console.print(f"Resuming from {resumed_from} at step {trainer.step}.")
+    skipped = getattr(trainer.loader, "skipped", [])
+    if skipped:
+        console.print(f"Skipping {len(skipped)} unreadable images, listed in "
+                      f"{trainer.run_dir / 'skipped_files.txt'}.")
     console.print(f"Run folder: {trainer.run_dir}  ({cfg.model.arch}, {cfg.image_size} px, "
                   f"batch {cfg.batch_size}, {trainer.total_steps} steps, {cfg.device}, "
                   f"{cfg.precision})")

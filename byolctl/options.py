@@ -78,6 +78,9 @@ SeedOpt = Annotated[Optional[int], typer.Option(
     "--seed", help="Seed for initialization, data order and augmentation.", show_default=False)]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", help="Data-loading worker processes.", show_default=False)]
+StrictOpt = Annotated[Optional[bool], typer.Option(
+    "--strict/--skip-bad", help="Stop at the first unreadable image [default: skip and list].",
+    show_default=False)]
 CheckpointEveryOpt = Annotated[Optional[int], typer.Option(
     "--checkpoint-every", help="Steps between checkpoints (and one at the end).",
     show_default=False)]

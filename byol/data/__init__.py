@@ -22,4 +22,4 @@ def build_loader(config: PretrainConfig, device: torch.device) -> TwoViewLoader:
 
     return DaliFolderLoader(Path(config.data), image_size=config.image_size,
                             batch_size=config.batch_size, seed=config.seed,
-                            workers=config.workers, device=device)
+                            workers=config.workers, device=device, strict=config.strict)

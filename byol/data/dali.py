@@ -17,27 +17,11 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW_PROBABILITIES, blur_kernel_size
+from byol.data.folders import find_problems, scan_image_folder
 from byol.data.loaders import TwoViewBatch, TwoViewLoader, to_training_layout
 from byol.errors import UserError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 READER = "reader"
-
-
-def scan_image_folder(root: Path) -> tuple[list[str], list[int], list[str]]:
-    """(files, labels, classes) of a `root/<class>/<image>` folder, in sorted order."""
-    if not root.is_dir():
-        raise UserError(f"--data {root}: no such folder; pass a folder of <class>/<image> files.")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    files, labels = [], []
-    for label, name in enumerate(classes):
-        for path in sorted((root / name).iterdir()):
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-                files.append(str(path))
-                labels.append(label)
-    if not files:
-        raise UserError(f"--data {root}: no images found; expected {root}/<class>/<image>.jpg.")
-    return files, labels, classes
 
 
 def _solarize(images):
@@ -83,11 +67,27 @@ def two_view_pipeline(files: list[str], labels: list[int], image_size: int, on_g
 
 
 class DaliFolderLoader(TwoViewLoader):
-    """Two-view batches of an image folder through DALI; its position is a DALI checkpoint."""
+    """Two-view batches of an image folder through DALI; its position is a DALI checkpoint.
+
+    Files that cannot be read (see `byol.data.check`) are skipped and listed in `skipped`,
+    or, with `strict`, the first one is a UserError.
+    """
 
     def __init__(self, root: Path, *, image_size: int, batch_size: int, seed: int, workers: int,
-                 device: torch.device, rank: int = 0, world_size: int = 1):
+                 device: torch.device, strict: bool = False, rank: int = 0, world_size: int = 1):
         files, labels, self.classes = scan_image_folder(root)
+        # DALI stops the whole pipeline at one unreadable file, so they are found first.
+        self.skipped = find_problems(files)
+        if self.skipped and strict:
+            path, reason = self.skipped[0]
+            raise UserError(f"{path}: {reason}; remove or replace it, or leave out --strict "
+                            "to skip such files.")
+        bad = {path for path, _ in self.skipped}
+        usable = [(f, label) for f, label in zip(files, labels) if f not in bad]
+        if not usable:
+            raise UserError(f"--data {root}: none of its {len(files)} images can be read; "
+                            "run byolctl data check on it.")
+        files, labels = map(list, zip(*usable))
         super().__init__(len(files), batch_size, world_size)
         self._pipeline_args = dict(
             files=files, labels=labels, image_size=image_size, on_gpu=device.type == "cuda",

@@ -1,0 +1,36 @@
+"""How commands end on errors: one line and an exit status, or a traceback with --debug."""
+
+import functools
+
+import typer
+
+from byol.errors import UserError
+from byolctl.render import print_error
+
+# Set by `byolctl --debug`.
+show_tracebacks = False
+
+
+def exits_cleanly(command):
+    """Turn errors into one line and an exit status: 2 for bad input, 1 for anything else."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except UserError as error:
+            if show_tracebacks:
+                raise
+            print_error(str(error))
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            print_error("Interrupted at once; nothing was saved since the last checkpoint.")
+            raise typer.Exit(1)
+        except Exception as error:
+            if show_tracebacks:
+                raise
+            print_error(f"{error} ({type(error).__name__}; rerun with --debug for details)")
+            raise typer.Exit(1)
+
+    return wrapper
