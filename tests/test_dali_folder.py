@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -74,3 +75,62 @@ def test_pretraining_on_a_folder_saves_its_classes_and_resumes_bit_for_bit(cifar
     expected, actual = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
     assert json.loads(Path("parts/classes.json").read_text()) == list(CIFAR_CLASSES)
+
+
+def test_every_image_appears_once_per_epoch_across_ranks(tmp_path):
+    # One image per class: the label names the image.
+    for i in range(12):
+        (tmp_path / f"{i:02d}").mkdir()
+        Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(tmp_path / f"{i:02d}" / "x.png")
+    for epoch in range(2):
+        seen = []
+        for rank in range(2):
+            loader = _loader(tmp_path, batch_size=3, rank=rank, world_size=2)
+            batches = iter(loader)
+            for _ in range((epoch + 1) * loader.steps_per_epoch):
+                labels = next(batches).labels.tolist()
+                if loader.epoch == epoch:
+                    seen.append(labels)
+        flat = [label for labels in seen for label in labels]
+        assert sorted(flat) == list(range(12)), f"epoch {epoch}: {sorted(flat)}"
+
+
+def test_augmentation_rates_per_view_match_byol(cifar_folder):
+    from byol.data.dali import two_view_pipeline
+    from byol.data.folders import scan_image_folder
+
+    files, labels, _ = scan_image_folder(cifar_folder)
+    pipeline = two_view_pipeline(files=files, labels=labels, image_size=8, on_gpu=False,
+                                 shard_id=0, num_shards=1, with_choices=True, batch_size=30,
+                                 num_threads=1, device_id=None, seed=11)
+    choices = {1: [], 2: []}
+    for _ in range(40):                                   # 1,200 draws per view
+        outputs = pipeline.run()
+        for view in (1, 2):
+            choices[view].append(torch.as_tensor(np.array(outputs[2 + view].as_tensor())))
+    rates = {view: torch.cat(c).float().mean(dim=0).tolist() for view, c in choices.items()}
+    # (color jitter, grayscale, blur, solarize); 4 std of a binomial over 1,200 draws < 0.05
+    expected = {1: [0.8, 0.2, 1.0, 0.0], 2: [0.8, 0.2, 0.1, 0.2]}
+    for view in (1, 2):
+        assert rates[view] == pytest.approx(expected[view], abs=0.05), (view, rates[view])
+
+
+def test_solarize_inverts_exactly_the_views_whose_choice_fired(tmp_path):
+    from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD
+    from byol.data.dali import two_view_pipeline
+
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (16, 16), (230, 230, 230)).save(tmp_path / "a" / "light.png")
+    # Any brightness jitter keeps 230 at 138 or above; solarize maps that below 128.
+    pipeline = two_view_pipeline(files=[str(tmp_path / "a" / "light.png")] * 50, labels=[0] * 50,
+                                 image_size=8, on_gpu=False, shard_id=0, num_shards=1,
+                                 with_choices=True, batch_size=50, num_threads=1,
+                                 device_id=None, seed=3)
+    outputs = pipeline.run()
+    view2 = torch.as_tensor(np.array(outputs[1].as_tensor()))
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    pixels = (view2 * std + mean) * 255
+    solarized = torch.as_tensor(np.array(outputs[4].as_tensor()))[:, 3].bool()
+    assert solarized.any() and not solarized.all()
+    assert (pixels.amax(dim=(1, 2, 3))[solarized] < 128).all()
+    assert (pixels.amin(dim=(1, 2, 3))[~solarized] >= 137).all()

@@ -4,8 +4,8 @@
 
 Decoding runs on the GPU (`device="mixed"`) when training there, and on DALI's CPU operators
 (`device_id=None`) otherwise. The augmentations are BYOL's (see `byol.data.augment`), each
-random choice drawn per sample. DALI's color twist applies brightness, contrast, saturation and
-hue as one fixed color transform, so unlike torchvision their order is not shuffled.
+random choice drawn per sample. Color jitter applies contrast, brightness, saturation and hue
+in that fixed order, where torchvision shuffles the order per sample.
 """
 
 from collections.abc import Iterator
@@ -32,38 +32,49 @@ def _solarize(images):
 
 
 def _augmented_view(images, image_size: int, view: int):
+    """(augmented view, its random choices (jitter, grayscale, blur, solarize) as 0/1)."""
     blur_p, solarize_p = VIEW_PROBABILITIES[view - 1]
+    jitter, gray, blur, solarize = (fn.random.coin_flip(probability=p)
+                                    for p in (0.8, 0.2, blur_p, solarize_p))
     x = fn.random_resized_crop(images, size=image_size, random_area=[0.08, 1.0],
                                random_aspect_ratio=[3 / 4, 4 / 3])
     x = fn.flip(x, horizontal=fn.random.coin_flip())
-    if fn.random.coin_flip(probability=0.8):
-        x = fn.color_twist(x, brightness=fn.random.uniform(range=[0.6, 1.4]),
-                           contrast=fn.random.uniform(range=[0.6, 1.4]),
-                           saturation=fn.random.uniform(range=[0.8, 1.2]),
-                           hue=fn.random.uniform(range=[-36.0, 36.0]))  # 0.1 of 360 degrees
-    if fn.random.coin_flip(probability=0.2):
-        x = fn.color_twist(x, saturation=0.0)  # grayscale, kept in 3 channels
-    if fn.random.coin_flip(probability=blur_p):
+    if jitter:
+        # Contrast pivots on the crop's own mean gray, as torchvision's and the official
+        # implementation's do (DALI's default pivot is mid-range).
+        mean_gray = fn.reductions.mean(
+            fn.color_space_conversion(x, image_type=types.RGB, output_type=types.GRAY))
+        x = fn.brightness_contrast(x, brightness=fn.random.uniform(range=[0.6, 1.4]),
+                                   contrast=fn.random.uniform(range=[0.6, 1.4]),
+                                   contrast_center=mean_gray)
+        x = fn.hsv(x, saturation=fn.random.uniform(range=[0.8, 1.2]),
+                   hue=fn.random.uniform(range=[-36.0, 36.0]))  # 0.1 of 360 degrees
+    if gray:
+        x = fn.hsv(x, saturation=0.0)  # grayscale (luma), kept in 3 channels
+    if blur:
         x = fn.gaussian_blur(x, window_size=blur_kernel_size(image_size),
                              sigma=fn.random.uniform(range=[0.1, 2.0]))
-    if fn.random.coin_flip(probability=solarize_p):
+    if solarize:
         x = _solarize(x)
-    return fn.crop_mirror_normalize(x, dtype=types.FLOAT, output_layout="CHW",
-                                    mean=[255 * m for m in IMAGENET_MEAN],
-                                    std=[255 * s for s in IMAGENET_STD])
+    x = fn.crop_mirror_normalize(x, dtype=types.FLOAT, output_layout="CHW",
+                                 mean=[255 * m for m in IMAGENET_MEAN],
+                                 std=[255 * s for s in IMAGENET_STD])
+    return x, fn.stack(jitter, gray, blur, solarize)
 
 
 @pipeline_def(enable_conditionals=True, enable_checkpointing=True)
 def two_view_pipeline(files: list[str], labels: list[int], image_size: int, on_gpu: bool,
-                      shard_id: int, num_shards: int):
+                      shard_id: int, num_shards: int, with_choices: bool = False):
     """DALI pipeline: (view1, view2, label) per image of `files`, sharded and reshuffled each
-    epoch; every image appears once per epoch across the shards."""
+    epoch; every image appears once per epoch across the shards. `with_choices` adds each
+    view's random choices (see `_augmented_view`), to check the augmentation rates."""
     encoded, label = fn.readers.file(files=files, labels=labels, shuffle_after_epoch=True,
                                      shard_id=shard_id, num_shards=num_shards, name=READER)
     images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu",
                                output_type=types.RGB)
-    return (_augmented_view(images, image_size, 1), _augmented_view(images, image_size, 2),
-            label)
+    view1, choices1 = _augmented_view(images, image_size, 1)
+    view2, choices2 = _augmented_view(images, image_size, 2)
+    return (view1, view2, label, choices1, choices2) if with_choices else (view1, view2, label)
 
 
 class DaliFolderLoader(TwoViewLoader):
