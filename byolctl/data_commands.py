@@ -1,4 +1,4 @@
-"""`byolctl data ...`: inspecting datasets before training on them."""
+"""`byolctl data ...`: checking datasets, and writing them as shards."""
 
 import json
 from pathlib import Path
@@ -10,7 +10,8 @@ from rich.table import Table
 from byolctl.errors import exits_cleanly
 from byolctl.render import console
 
-data_app = typer.Typer(help="Inspect image datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Check image datasets and write them as shards.",
+                       no_args_is_help=True)
 
 FolderArg = Annotated[Path, typer.Argument(help="An image folder: <folder>/<class>/<image>.",
                                            show_default=False)]
@@ -49,3 +50,28 @@ def check(folder: FolderArg, json_file: JsonOpt = None, quick: QuickOpt = False)
         }, indent=2) + "\n")
     if report.problems:
         raise typer.Exit(1)
+
+
+DestinationArg = Annotated[Path, typer.Argument(help="A new, empty folder for the shards.",
+                                                show_default=False)]
+ShardSizeOpt = Annotated[int, typer.Option("--shard-size", help="Images per shard.")]
+
+
+@data_app.command("prepare",
+                  epilog="Example: byolctl data prepare /datasets/imagenet/train /fast/in1k-shards")
+@exits_cleanly
+def prepare(folder: FolderArg, destination: DestinationArg, shard_size: ShardSizeOpt = 10_000):
+    """Write an image folder as WebDataset tar shards, for data too large for many small files.
+
+    Train on them with --data DESTINATION (all shards) or a pattern such as
+    DESTINATION/shard-{000000..000009}.tar. Unreadable images are left out and listed.
+    """
+    from byol.data.shards import prepare_shards  # deferred: keeps --help fast
+
+    with console.status(f"Writing shards of {folder} to {destination} ..."):
+        shards = prepare_shards(folder, destination, shard_size)
+    console.print(f"Wrote {shards.images} images of {len(shards.classes)} classes in "
+                  f"{len(shards.paths)} shards to {destination}.")
+    if shards.skipped:
+        console.print(f"Left out {len(shards.skipped)} unreadable images, listed in "
+                      f"{destination / 'manifest.json'}.")

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from byol.data.dali import DaliFolderLoader
+from byol.data.dali import folder_loader
 from byol.errors import UserError
 from byolctl.cli import app
 from tests.conftest import run_pretraining
@@ -53,7 +53,7 @@ def messy_folder(tmp_path, cifar_folder):
 
 
 def test_broken_files_are_skipped_and_odd_ones_become_rgb_views(messy_folder):
-    loader = DaliFolderLoader(messy_folder, image_size=16, batch_size=4, seed=0, workers=1,
+    loader = folder_loader(messy_folder, image_size=16, batch_size=4, seed=0, workers=1,
                               device=torch.device("cpu"))
     skipped = {path.split("/")[-1]: reason for path, reason in loader.skipped}
     assert set(skipped) == set(BROKEN)
@@ -67,7 +67,7 @@ def test_broken_files_are_skipped_and_odd_ones_become_rgb_views(messy_folder):
 
 def test_strict_stops_at_the_first_broken_file_with_its_name(messy_folder):
     with pytest.raises(UserError, match=r"broken/(text|truncated|zero)\.jpg: .*--strict"):
-        DaliFolderLoader(messy_folder, image_size=16, batch_size=4, seed=0, workers=1,
+        folder_loader(messy_folder, image_size=16, batch_size=4, seed=0, workers=1,
                          device=torch.device("cpu"), strict=True)
 
 
@@ -85,7 +85,8 @@ def test_data_check_lists_every_problem_and_exits_1(messy_folder, tmp_path):
     problems = {p["path"].split("/")[-1]: p["reason"]
                 for p in json.loads(report.read_text())["problems"]}
     assert set(problems) == set(BROKEN) | {"notes.txt", "empty"}
-    assert "empty class folder" in problems["empty"] and "not an image file" in problems["notes.txt"]
+    assert "empty class folder" in problems["empty"]
+    assert "not an image file" in problems["notes.txt"]
 
 
 def test_data_check_of_a_clean_folder_exits_0(cifar_folder):

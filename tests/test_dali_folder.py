@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from byol.data.dali import DaliFolderLoader, scan_image_folder
+from byol.data.dali import folder_loader, scan_image_folder
 from byol.errors import UserError
 from tests.conftest import CIFAR_CLASSES, run_pretraining
 
@@ -17,7 +17,7 @@ CPU = torch.device("cpu")
 
 def _loader(root, **kwargs):
     args = dict(image_size=16, batch_size=8, seed=5, workers=1, device=CPU)
-    return DaliFolderLoader(root, **{**args, **kwargs})
+    return folder_loader(root, **{**args, **kwargs})
 
 
 def test_folder_batches_have_the_trainers_shape_dtype_and_range(cifar_folder):
@@ -96,13 +96,13 @@ def test_every_image_appears_once_per_epoch_across_ranks(tmp_path):
 
 
 def test_augmentation_rates_per_view_match_byol(cifar_folder):
-    from byol.data.dali import two_view_pipeline
+    from byol.data.dali import folder_reader, two_view_pipeline
     from byol.data.folders import scan_image_folder
 
     files, labels, _ = scan_image_folder(cifar_folder)
-    pipeline = two_view_pipeline(files=files, labels=labels, image_size=8, on_gpu=False,
-                                 shard_id=0, num_shards=1, with_choices=True, batch_size=30,
-                                 num_threads=1, device_id=None, seed=11)
+    pipeline = two_view_pipeline(read=folder_reader(files, labels, 0, 1), image_size=8,
+                                 on_gpu=False, with_choices=True, batch_size=30, num_threads=1,
+                                 device_id=None, seed=11)
     choices = {1: [], 2: []}
     for _ in range(40):                                   # 1,200 draws per view
         outputs = pipeline.run()
@@ -117,18 +117,18 @@ def test_augmentation_rates_per_view_match_byol(cifar_folder):
 
 def test_solarize_inverts_exactly_the_views_whose_choice_fired(tmp_path):
     from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD
-    from byol.data.dali import two_view_pipeline
+    from byol.data.dali import folder_reader, two_view_pipeline
 
     (tmp_path / "a").mkdir()
     Image.new("RGB", (16, 16), (230, 230, 230)).save(tmp_path / "a" / "light.png")
     # Any brightness jitter keeps 230 at 138 or above; solarize maps that below 128.
-    pipeline = two_view_pipeline(files=[str(tmp_path / "a" / "light.png")] * 50, labels=[0] * 50,
-                                 image_size=8, on_gpu=False, shard_id=0, num_shards=1,
-                                 with_choices=True, batch_size=50, num_threads=1,
-                                 device_id=None, seed=3)
+    read = folder_reader([str(tmp_path / "a" / "light.png")] * 50, [0] * 50, 0, 1)
+    pipeline = two_view_pipeline(read=read, image_size=8, on_gpu=False, with_choices=True,
+                                 batch_size=50, num_threads=1, device_id=None, seed=3)
     outputs = pipeline.run()
     view2 = torch.as_tensor(np.array(outputs[1].as_tensor()))
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None]
     pixels = (view2 * std + mean) * 255
     solarized = torch.as_tensor(np.array(outputs[4].as_tensor()))[:, 3].bool()
     assert solarized.any() and not solarized.all()

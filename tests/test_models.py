@@ -5,7 +5,7 @@ from torch import nn
 from byol import ops
 from byol.config import ModelConfig
 from byol.errors import UserError
-from byol.models import ENCODERS, BYOL, create_encoder
+from byol.models import BYOL, ENCODERS, create_encoder
 from byol.optim import lars_param_groups
 
 FEATURES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048,

@@ -1,6 +1,8 @@
-"""Two-view batches from an image folder, decoded and augmented by NVIDIA DALI.
+"""Two-view batches from an image folder or WebDataset shards, decoded and augmented by NVIDIA
+DALI.
 
     byolctl pretrain --data /datasets/imagenet/train
+    byolctl pretrain --data /fast/imagenet-shards/shard-{000000..000127}.tar
 
 Decoding runs on the GPU (`device="mixed"`) when training there, and on DALI's CPU operators
 (`device_id=None`) otherwise. The augmentations are BYOL's (see `byol.data.augment`), each
@@ -17,8 +19,9 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW_PROBABILITIES, blur_kernel_size
-from byol.data.folders import find_problems, scan_image_folder
+from byol.data.folders import IMAGE_EXTENSIONS, find_problems, scan_image_folder
 from byol.data.loaders import TwoViewBatch, TwoViewLoader, to_training_layout
+from byol.data.shards import LABEL_EXTENSION, find_shards
 from byol.errors import UserError
 
 READER = "reader"
@@ -62,14 +65,32 @@ def _augmented_view(images, image_size: int, view: int):
     return x, fn.stack(jitter, gray, blur, solarize)
 
 
+def folder_reader(files: list[str], labels: list[int], shard_id: int, num_shards: int):
+    """A reader of image files: every file once per epoch across shards, reshuffled each epoch."""
+    def read():
+        return fn.readers.file(files=files, labels=labels, shuffle_after_epoch=True,
+                               shard_id=shard_id, num_shards=num_shards, name=READER)
+    return read
+
+
+def shard_reader(paths: list[str], shard_id: int, num_shards: int, seed: int):
+    """A reader of WebDataset shards (see `byol.data.shards`): each shard read front to back in
+    a new shard order every epoch, samples mixed in a shuffle buffer."""
+    def read():
+        return fn.readers.webdataset(
+            paths=paths, ext=[";".join(IMAGE_EXTENSIONS), LABEL_EXTENSION],
+            dtypes=[types.UINT8, types.INT32], missing_component_behavior="error",
+            case_sensitive_extensions=False, random_shuffle=True, shuffle_after_epoch=True,
+            shard_id=shard_id, num_shards=num_shards, seed=seed, name=READER)
+    return read
+
+
 @pipeline_def(enable_conditionals=True, enable_checkpointing=True)
-def two_view_pipeline(files: list[str], labels: list[int], image_size: int, on_gpu: bool,
-                      shard_id: int, num_shards: int, with_choices: bool = False):
-    """DALI pipeline: (view1, view2, label) per image of `files`, sharded and reshuffled each
-    epoch; every image appears once per epoch across the shards. `with_choices` adds each
-    view's random choices (see `_augmented_view`), to check the augmentation rates."""
-    encoded, label = fn.readers.file(files=files, labels=labels, shuffle_after_epoch=True,
-                                     shard_id=shard_id, num_shards=num_shards, name=READER)
+def two_view_pipeline(read, image_size: int, on_gpu: bool, with_choices: bool = False):
+    """DALI pipeline: (view1, view2, label) for each (encoded image, label) that `read()` gives.
+    `with_choices` adds each view's random choices (see `_augmented_view`), to check the
+    augmentation rates."""
+    encoded, label = read()
     images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu",
                                output_type=types.RGB)
     view1, choices1 = _augmented_view(images, image_size, 1)
@@ -77,33 +98,19 @@ def two_view_pipeline(files: list[str], labels: list[int], image_size: int, on_g
     return (view1, view2, label, choices1, choices2) if with_choices else (view1, view2, label)
 
 
-class DaliFolderLoader(TwoViewLoader):
-    """Two-view batches of an image folder through DALI; its position is a DALI checkpoint.
+class DaliLoader(TwoViewLoader):
+    """Two-view batches through DALI from `read` (a folder or shard reader); the position in
+    the data is DALI's own checkpoint (reader progress and random state)."""
 
-    Files that cannot be read (see `byol.data.check`) are skipped and listed in `skipped`,
-    or, with `strict`, the first one is a UserError.
-    """
-
-    def __init__(self, root: Path, *, image_size: int, batch_size: int, seed: int, workers: int,
-                 device: torch.device, strict: bool = False, rank: int = 0, world_size: int = 1):
-        files, labels, self.classes = scan_image_folder(root)
-        # DALI stops the whole pipeline at one unreadable file, so they are found first.
-        self.skipped = find_problems(files)
-        if self.skipped and strict:
-            path, reason = self.skipped[0]
-            raise UserError(f"{path}: {reason}; remove or replace it, or leave out --strict "
-                            "to skip such files.")
-        bad = {path for path, _ in self.skipped}
-        usable = [(f, label) for f, label in zip(files, labels) if f not in bad]
-        if not usable:
-            raise UserError(f"--data {root}: none of its {len(files)} images can be read; "
-                            "run byolctl data check on it.")
-        files, labels = map(list, zip(*usable))
-        super().__init__(len(files), batch_size, world_size)
+    def __init__(self, read, num_images: int, *, classes: list[str], image_size: int,
+                 batch_size: int, seed: int, workers: int, device: torch.device,
+                 world_size: int = 1, skipped: list[tuple[str, str]] | None = None):
+        super().__init__(num_images, batch_size, world_size)
+        self.classes = classes
+        self.skipped = skipped or []
         self._pipeline_args = dict(
-            files=files, labels=labels, image_size=image_size, on_gpu=device.type == "cuda",
-            shard_id=rank, num_shards=world_size, batch_size=batch_size,
-            num_threads=max(1, workers), seed=seed,
+            read=read, image_size=image_size, on_gpu=device.type == "cuda",
+            batch_size=batch_size, num_threads=max(1, workers), seed=seed,
             device_id=device.index or 0 if device.type == "cuda" else None,
         )
         self.device = device
@@ -134,3 +141,33 @@ class DaliFolderLoader(TwoViewLoader):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self._dali_checkpoint = state.get("dali")
+
+
+def folder_loader(root: Path, *, strict: bool = False, rank: int = 0, world_size: int = 1,
+                  **kwargs) -> DaliLoader:
+    """A DaliLoader over `root/<class>/<image>`. Files that cannot be read (see
+    `byol.data.folders`) are skipped and listed in `skipped`; with `strict`, the first one is a
+    UserError. Other keyword arguments as `DaliLoader`."""
+    files, labels, classes = scan_image_folder(root)
+    # DALI stops the whole pipeline at one unreadable file, so they are found first.
+    skipped = find_problems(files)
+    if skipped and strict:
+        path, reason = skipped[0]
+        raise UserError(f"{path}: {reason}; remove or replace it, or leave out --strict to "
+                        "skip such files.")
+    bad = {path for path, _ in skipped}
+    usable = [(f, label) for f, label in zip(files, labels) if f not in bad]
+    if not usable:
+        raise UserError(f"--data {root}: none of its {len(files)} images can be read; run "
+                        "byolctl data check on it.")
+    files, labels = map(list, zip(*usable))
+    return DaliLoader(folder_reader(files, labels, rank, world_size), len(files),
+                      classes=classes, skipped=skipped, world_size=world_size, **kwargs)
+
+
+def shards_loader(data: str, *, rank: int = 0, world_size: int = 1, **kwargs) -> DaliLoader:
+    """A DaliLoader over WebDataset shards (see `byol.data.shards.find_shards`)."""
+    shards = find_shards(data)
+    read = shard_reader(shards.paths, rank, world_size, kwargs["seed"])
+    return DaliLoader(read, shards.images, classes=shards.classes, world_size=world_size,
+                      **kwargs)

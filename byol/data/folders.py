@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from byol.errors import UserError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp")
 # Formats DALI's image decoder reads.
 DECODABLE_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF", "WEBP", "MPO"})
 _JPEG_END = b"\xff\xd9"
@@ -67,7 +67,7 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[int], list[str]]:
     files, labels = [], []
     for label, name in enumerate(classes):
         for path in sorted((root / name).iterdir()):
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            if path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS and path.is_file():
                 files.append(str(path))
                 labels.append(label)
     if not files:
@@ -98,6 +98,6 @@ def check_folder(root: Path, full: bool = True) -> FolderReport:
             problems.extend(
                 (str(p), f"not an image file (extension {p.suffix or 'none'}; ignored)")
                 for p in sorted(entry.iterdir())
-                if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS)
+                if p.is_file() and p.suffix.lower().lstrip(".") not in IMAGE_EXTENSIONS)
     problems.extend(find_problems(files, full=full))
     return FolderReport(images=len(files), classes=classes, problems=problems)

@@ -1,0 +1,116 @@
+"""WebDataset tar shards: writing them from an image folder, and finding them for reading.
+
+    byolctl data prepare /datasets/imagenet/train /fast/imagenet-shards --shard-size 10000
+
+For each image a shard holds `<key>.<ext>` (the original file's bytes), `<key>.cls` (its class
+index as text, the WebDataset convention) and `<key>.i32` (the same index as a little-endian
+int32, which DALI reads directly). `manifest.json` beside the shards lists them with their
+image counts, and the class names.
+"""
+
+import io
+import json
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from byol.data.folders import find_problems, scan_image_folder
+from byol.errors import UserError
+
+MANIFEST = "manifest.json"
+FORMAT = "byolctl-shards"
+LABEL_EXTENSION = "i32"
+_BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+@dataclass
+class ShardSet:
+    """Shards to read: their paths, how many images they hold, and the class names."""
+
+    paths: list[str]
+    images: int
+    classes: list[str]
+    skipped: list[tuple[str, str]]  # unreadable files left out when the shards were written
+
+
+def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
+
+
+def prepare_shards(source: Path, destination: Path, shard_size: int, seed: int = 0) -> ShardSet:
+    """Write the usable images of `source` (`<class>/<image>`) as shards in `destination`.
+
+    The images are shuffled once (seeded) so that every shard mixes the classes: DALI reads a
+    shard front to back. Unreadable images are left out and listed in the manifest.
+    """
+    if shard_size < 1:
+        raise UserError(f"--shard-size must be at least 1, got {shard_size}.")
+    if destination.exists() and any(destination.iterdir()):
+        raise UserError(f"{destination} is not empty; choose a new folder for the shards.")
+    files, labels, classes = scan_image_folder(source)
+    skipped = find_problems(files)
+    bad = {path for path, _ in skipped}
+    usable = [(f, label) for f, label in zip(files, labels) if f not in bad]
+    order = torch.randperm(len(usable), generator=torch.Generator().manual_seed(seed)).tolist()
+    destination.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for start in range(0, len(order), shard_size):
+        name = f"shard-{start // shard_size:06d}.tar"
+        tmp = destination / f".{name}.tmp"
+        with tarfile.open(tmp, "w") as archive:
+            for key in order[start:start + shard_size]:
+                path, label = usable[key]
+                stem = f"{key:09d}"
+                _add_member(archive, f"{stem}{Path(path).suffix.lower()}", Path(path).read_bytes())
+                _add_member(archive, f"{stem}.cls", str(label).encode())
+                _add_member(archive, f"{stem}.{LABEL_EXTENSION}", label.to_bytes(4, "little"))
+        tmp.rename(destination / name)
+        shards.append({"name": name, "images": len(order[start:start + shard_size])})
+    manifest = {"format": FORMAT, "version": 1, "classes": classes, "shards": shards,
+                "skipped": [{"path": p, "reason": r} for p, r in skipped]}
+    (destination / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return ShardSet([str(destination / s["name"]) for s in shards], len(order), classes, skipped)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """`shards/{0000..0099}.tar` -> the 100 paths, zero-padded as written."""
+    match = _BRACES.search(pattern)
+    if not match:
+        return [pattern]
+    low, high = match.groups()
+    width = len(low)
+    head, tail = pattern[:match.start()], pattern[match.end():]
+    return [p for i in range(int(low), int(high) + 1)
+            for p in expand_braces(f"{head}{i:0{width}d}{tail}")]
+
+
+def is_shard_source(data: str) -> bool:
+    """Whether `--data` names shards: a `.tar` path or pattern, or a folder with a manifest."""
+    return data.endswith(".tar") or (Path(data) / MANIFEST).is_file()
+
+
+def find_shards(data: str) -> ShardSet:
+    """The shards `--data` names: a folder written by `prepare_shards`, or a path pattern.
+
+    Image counts and class names come from the manifest beside the shards.
+    """
+    folder = Path(data) if (Path(data) / MANIFEST).is_file() else Path(data).parent
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise UserError(f"--data {data}: no {MANIFEST} beside the shards; write them with "
+                        "byolctl data prepare.")
+    manifest = json.loads(manifest_path.read_text())
+    counts = {s["name"]: s["images"] for s in manifest["shards"]}
+    paths = ([str(folder / name) for name in counts] if Path(data).is_dir()
+             else expand_braces(data))
+    missing = [p for p in paths if not Path(p).is_file() or Path(p).name not in counts]
+    if missing:
+        raise UserError(f"--data {data}: {missing[0]} is missing or not in {manifest_path}.")
+    skipped = [(s["path"], s["reason"]) for s in manifest.get("skipped", [])]
+    return ShardSet(paths, sum(counts[Path(p).name] for p in paths), manifest["classes"],
+                    skipped)

@@ -1,0 +1,87 @@
+"""WebDataset shards: `byolctl data prepare` writes them, pretraining reads them through DALI."""
+
+import json
+import tarfile
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from byol.data.dali import shards_loader
+from byol.data.shards import expand_braces, find_shards, prepare_shards
+from byol.errors import UserError
+from byolctl.cli import app
+from tests.conftest import CIFAR_CLASSES, run_pretraining
+
+
+@pytest.fixture
+def shard_dir(cifar_folder, tmp_path):
+    destination = tmp_path / "shards"
+    prepare_shards(cifar_folder, destination, shard_size=8)
+    return destination
+
+
+def test_prepare_writes_every_image_with_its_label_into_mixed_shards(shard_dir, cifar_folder):
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    assert manifest["classes"] == list(CIFAR_CLASSES)
+    assert [s["images"] for s in manifest["shards"]] == [8, 8, 8, 6]
+    originals = {p.read_bytes(): CIFAR_CLASSES.index(p.parent.name)
+                 for p in cifar_folder.glob("*/*.jpg")}
+    seen = {}
+    for shard in manifest["shards"]:
+        with tarfile.open(shard_dir / shard["name"]) as archive:
+            members = {m.name: archive.extractfile(m).read() for m in archive}
+        stems = {name.split(".")[0] for name in members}
+        for stem in stems:
+            label = int(members[f"{stem}.cls"])
+            assert int.from_bytes(members[f"{stem}.i32"], "little") == label
+            seen[members[f"{stem}.jpg"]] = label
+    assert seen == originals
+    with tarfile.open(shard_dir / "shard-000000.tar") as archive:
+        first_labels = {int(archive.extractfile(m).read()) for m in archive
+                        if m.name.endswith(".cls")}
+    assert len(first_labels) > 1  # shuffled before sharding
+
+
+def test_prepare_refuses_a_folder_that_is_not_empty(shard_dir, cifar_folder):
+    with pytest.raises(UserError, match="not empty"):
+        prepare_shards(cifar_folder, shard_dir, shard_size=8)
+
+
+def test_shards_are_found_by_folder_or_by_pattern(shard_dir):
+    assert find_shards(str(shard_dir)).images == 30
+    pattern = find_shards(str(shard_dir / "shard-{000001..000002}.tar"))
+    assert pattern.images == 16 and len(pattern.paths) == 2
+    assert expand_braces("s/{08..10}.tar") == ["s/08.tar", "s/09.tar", "s/10.tar"]
+    with pytest.raises(UserError, match="missing"):
+        find_shards(str(shard_dir / "shard-{000003..000004}.tar"))
+
+
+def test_shard_batches_have_the_trainers_shape_and_resume_exactly(shard_dir):
+    def make():
+        return shards_loader(str(shard_dir), image_size=16, batch_size=5, seed=2, workers=1,
+                             device=torch.device("cpu"))
+
+    loader = make()
+    batches = iter(loader)
+    labels = []
+    for _ in range(loader.steps_per_epoch):
+        batch = next(batches)
+        labels += batch.labels.tolist()
+    assert batch.view1.shape == (5, 3, 16, 16) and sorted(set(labels)) == [0, 1, 2]
+    next(batches)
+    state = loader.state_dict()
+    expected = next(batches)
+    restored = make()
+    restored.load_state_dict(state)
+    assert torch.equal(next(iter(restored)).view1, expected.view1)
+
+
+def test_data_prepare_then_pretrain_on_the_shards(cifar_folder, tmp_path, tiny):
+    destination = tmp_path / "cli-shards"
+    result = CliRunner().invoke(app, ["data", "prepare", str(cifar_folder), str(destination),
+                                      "--shard-size", "10"])
+    assert result.exit_code == 0, result.output
+    assert "Wrote 30 images of 3 classes in 3 shards" in result.output
+    _, summary, _ = run_pretraining({**tiny, "data": str(destination), "workers": 1})
+    assert summary.step == 6
