@@ -18,7 +18,7 @@ FolderArg = Annotated[Path, typer.Argument(help="An image folder: <folder>/<clas
 JsonOpt = Annotated[Optional[Path], typer.Option(
     "--json", help="Also write the findings as JSON to this file.", show_default=False)]
 QuickOpt = Annotated[bool, typer.Option(
-    "--quick", help="Read headers only (what pretraining checks) instead of decoding.")]
+    "--quick", help="Only the quick check pretraining does, instead of decoding.")]
 SHOWN_ROWS = 50
 
 

@@ -1,9 +1,9 @@
 """Image folders (`root/<class>/<image>`): listing their images, and finding the files a
 loader would choke on.
 
-Two depths of checking: `quick` reads each file's header (and a JPEG's last bytes, where a
-truncated file lacks its end-of-image marker) - fast enough to run before every pretraining;
-`full` decodes every image, as `byolctl data check` does.
+Two depths of checking: the quick one reads each file's first and last bytes (its format
+signature, and the end marker a truncated JPEG or PNG lacks) - fast enough to run before every
+pretraining; the full one decodes every image, as `byolctl data check` does.
 """
 
 import os
@@ -19,32 +19,56 @@ from byol.errors import UserError
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp")
 # Formats DALI's image decoder reads.
 DECODABLE_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF", "WEBP", "MPO"})
-_JPEG_END = b"\xff\xd9"
+
+
+# Leading bytes of each decodable format, and the bytes a complete file of it ends with.
+_SIGNATURES = (
+    (b"\xff\xd8\xff", b"\xff\xd9"),              # JPEG: end-of-image marker
+    (b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"),    # PNG: IEND chunk
+    (b"BM", b""), (b"II*\x00", b""), (b"MM\x00*", b""), (b"RIFF", b""),  # BMP, TIFF, WebP
+)
+# Generous: some writers pad after the end marker, which is unambiguous in a JPEG (entropy-coded
+# data escapes 0xFF) and in a PNG.
+_TAIL_BYTES = 1024
 
 
 def image_problem(path: str, full: bool = False) -> str | None:
-    """Why `path` cannot be used as a training image, or None when it can."""
+    """Why `path` cannot be used as a training image, or None when it can.
+
+    The quick check reads a file's first and last bytes: its format signature, and for JPEG
+    and PNG the marker a complete file ends with. `full` decodes the image with Pillow.
+    """
     try:
-        if os.path.getsize(path) == 0:
+        size = os.path.getsize(path)
+        if size == 0:
             return "empty file"
+        if full:
+            return _decode_problem(path)
+        with open(path, "rb") as f:
+            head = f.read(16)
+            f.seek(max(0, size - _TAIL_BYTES))
+            tail = f.read()
+    except OSError as error:
+        return f"cannot read ({error.strerror or error})"
+    for magic, ending in _SIGNATURES:
+        if head.startswith(magic):
+            if magic == b"RIFF" and head[8:12] != b"WEBP":
+                break
+            return None if ending in tail else "truncated (no end marker)"
+    return "not an image"
+
+
+def _decode_problem(path: str) -> str | None:
+    try:
         with Image.open(path) as image:
             if image.format not in DECODABLE_FORMATS:
                 return f"unsupported format {image.format}"
-            if full:
-                image.load()
-            elif image.format in ("JPEG", "MPO") and not _ends_like_jpeg(path):
-                return "truncated JPEG (no end-of-image marker)"
+            image.load()
     except UnidentifiedImageError:
         return "not an image"
     except (OSError, SyntaxError, ValueError) as error:
         return f"corrupt image ({error})"
     return None
-
-
-def _ends_like_jpeg(path: str) -> bool:
-    with open(path, "rb") as f:
-        f.seek(max(0, os.path.getsize(path) - 64))
-        return _JPEG_END in f.read()
 
 
 def find_problems(files: Sequence[str], full: bool = False,
