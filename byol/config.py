@@ -68,7 +68,7 @@ class PretrainConfig:
     compile: bool = False
     """Compile the online and target networks with torch.compile."""
     workers: int = 2
-    """Data-loading worker processes (DALI threads for image folders)."""
+    """DALI CPU threads for decoding and augmentation."""
     strict: bool = False
     """Stop at the first unreadable image instead of skipping it."""
     checkpoint_every: int = 1000

@@ -9,6 +9,7 @@ only ever continued, never overwritten.
 """
 
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,16 +38,18 @@ SKIPPED_FILE = "skipped_files.txt"  # one `path<TAB>reason` per unreadable image
 
 
 def runtime_defaults(requested: dict[str, Any]) -> dict[str, Any]:
-    """Device, precision and compilation that suit this machine, unless the user chose them.
+    """Device, precision, compilation and data threads that suit this machine.
 
-    A GPU gets bf16 autocast and torch.compile; the CPU gets fp32 and eager execution.
+    A GPU gets bf16 autocast and torch.compile; the CPU gets fp32 and eager execution. DALI
+    gets up to 8 CPU threads.
     """
     cuda = torch.cuda.is_available()
     device = requested.get("device", "cuda" if cuda else "cpu")
     if device == "cuda" and not cuda:
         raise UserError("--device cuda needs a GPU and none is visible; use --device cpu.")
     on_gpu = device == "cuda"
-    return {"device": device, "precision": "bf16" if on_gpu else "fp32", "compile": on_gpu}
+    return {"device": device, "precision": "bf16" if on_gpu else "fp32", "compile": on_gpu,
+            "workers": min(8, os.cpu_count() or 1)}
 
 
 def default_run_dir(arch: str) -> Path:

@@ -77,7 +77,7 @@ ResumeOpt = Annotated[Optional[str], typer.Option(
 SeedOpt = Annotated[Optional[int], typer.Option(
     "--seed", help="Seed for initialization, data order and augmentation.", show_default=False)]
 WorkersOpt = Annotated[Optional[int], typer.Option(
-    "--workers", help="Data-loading worker processes.", show_default=False)]
+    "--workers", help="DALI CPU threads [default: the cores, at most 8].", show_default=False)]
 StrictOpt = Annotated[Optional[bool], typer.Option(
     "--strict/--skip-bad", help="Stop at the first unreadable image [default: skip and list].",
     show_default=False)]

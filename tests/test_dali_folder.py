@@ -100,8 +100,8 @@ def test_augmentation_rates_per_view_match_byol(cifar_folder):
     from byol.data.folders import scan_image_folder
 
     files, labels, _ = scan_image_folder(cifar_folder)
-    pipeline = two_view_pipeline(read=folder_reader(files, labels, 0, 1), image_size=8,
-                                 on_gpu=False, with_choices=True, batch_size=30, num_threads=1,
+    pipeline = two_view_pipeline(read=folder_reader(files, labels, 0, 1, on_gpu=False),
+                                 image_size=8, with_choices=True, batch_size=30, num_threads=1,
                                  device_id=None, seed=11)
     choices = {1: [], 2: []}
     for _ in range(40):                                   # 1,200 draws per view
@@ -122,9 +122,9 @@ def test_solarize_inverts_exactly_the_views_whose_choice_fired(tmp_path):
     (tmp_path / "a").mkdir()
     Image.new("RGB", (16, 16), (230, 230, 230)).save(tmp_path / "a" / "light.png")
     # Any brightness jitter keeps 230 at 138 or above; solarize maps that below 128.
-    read = folder_reader([str(tmp_path / "a" / "light.png")] * 50, [0] * 50, 0, 1)
-    pipeline = two_view_pipeline(read=read, image_size=8, on_gpu=False, with_choices=True,
-                                 batch_size=50, num_threads=1, device_id=None, seed=3)
+    read = folder_reader([str(tmp_path / "a" / "light.png")] * 50, [0] * 50, 0, 1, on_gpu=False)
+    pipeline = two_view_pipeline(read=read, image_size=8, with_choices=True, batch_size=50,
+                                 num_threads=1, device_id=None, seed=3)
     outputs = pipeline.run()
     view2 = torch.as_tensor(np.array(outputs[1].as_tensor()))
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]

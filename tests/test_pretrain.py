@@ -99,7 +99,7 @@ def test_the_loss_falls_on_the_demo_data(tiny):
 
 
 @pytest.mark.slow
-def test_a_compiled_run_matches_an_eagerrun_pretraining(tiny):
+def test_a_compiled_run_matches_an_eager_run(tiny):
     settings = {**tiny, "steps": 2}
     _, eager, _ = run_pretraining(settings, out="eager")
     _, compiled, _ = run_pretraining({**settings, "compile": True}, out="compiled")

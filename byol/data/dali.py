@@ -1,8 +1,9 @@
-"""Two-view batches from an image folder or WebDataset shards, decoded and augmented by NVIDIA
-DALI.
+"""Two-view batches decoded and augmented by NVIDIA DALI, from an image folder, WebDataset shards
+or images in memory (the demo dataset).
 
     byolctl pretrain --data /datasets/imagenet/train
     byolctl pretrain --data /fast/imagenet-shards/shard-{000000..000127}.tar
+    byolctl pretrain                                  # the demo dataset
 
 Decoding runs on the GPU (`device="mixed"`) when training there, and on DALI's CPU operators
 (`device_id=None`) otherwise. The augmentations are BYOL's (see `byol.data.augment`), each
@@ -13,12 +14,15 @@ in that fixed order, where torchvision shuffles the order per sample.
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW_PROBABILITIES, blur_kernel_size
+from byol.data.demo_images import CLASSES as DEMO_CLASSES
+from byol.data.demo_images import demo_images
 from byol.data.folders import IMAGE_EXTENSIONS, find_problems, scan_image_folder
 from byol.data.loaders import TwoViewBatch, TwoViewLoader, to_training_layout
 from byol.data.shards import LABEL_EXTENSION, find_shards
@@ -65,61 +69,116 @@ def _augmented_view(images, image_size: int, view: int):
     return x, fn.stack(jitter, gray, blur, solarize)
 
 
-def folder_reader(files: list[str], labels: list[int], shard_id: int, num_shards: int):
-    """A reader of image files: every file once per epoch across shards, reshuffled each epoch."""
+def _decode(encoded, on_gpu: bool):
+    return fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
+
+
+def folder_reader(files: list[str], labels: list[int], shard_id: int, num_shards: int,
+                  on_gpu: bool):
+    """Decoded images of `files`: each once per epoch across shards, reshuffled each epoch."""
     def read():
-        return fn.readers.file(files=files, labels=labels, shuffle_after_epoch=True,
-                               shard_id=shard_id, num_shards=num_shards, name=READER)
+        encoded, label = fn.readers.file(files=files, labels=labels, shuffle_after_epoch=True,
+                                         shard_id=shard_id, num_shards=num_shards, name=READER)
+        return _decode(encoded, on_gpu), label
     return read
 
 
-def shard_reader(paths: list[str], shard_id: int, num_shards: int, seed: int):
-    """A reader of WebDataset shards (see `byol.data.shards`): each shard read front to back in
-    a new shard order every epoch, samples mixed in a shuffle buffer."""
+def shard_reader(paths: list[str], shard_id: int, num_shards: int, seed: int, on_gpu: bool):
+    """Decoded images of WebDataset shards (see `byol.data.shards`): each shard read front to
+    back in a new shard order every epoch, samples mixed in a shuffle buffer."""
     def read():
-        return fn.readers.webdataset(
+        encoded, label = fn.readers.webdataset(
             paths=paths, ext=[";".join(IMAGE_EXTENSIONS), LABEL_EXTENSION],
             dtypes=[types.UINT8, types.INT32], missing_component_behavior="error",
             case_sensitive_extensions=False, random_shuffle=True, shuffle_after_epoch=True,
             shard_id=shard_id, num_shards=num_shards, seed=seed, name=READER)
+        return _decode(encoded, on_gpu), label
+    return read
+
+
+def epoch_order(num_images: int, seed: int, epoch: int, shard_id: int = 0,
+                num_shards: int = 1) -> np.ndarray:
+    """Image indices shard `shard_id` reads in `epoch`: its share of a permutation seeded by
+    (seed, epoch), so each image appears once per epoch across the shards."""
+    rng = np.random.default_rng([seed, epoch])
+    return rng.permutation(num_images)[shard_id::num_shards]
+
+
+class _InMemorySource:
+    """External-source callback: one (HWC uint8 image, [label]) per call, in `epoch_order`.
+
+    DALI passes the position (epoch, index in epoch), so its checkpoints resume it exactly.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, samples_per_epoch: int,
+                 seed: int, shard_id: int, num_shards: int):
+        self.images, self.labels = images, labels
+        self.samples_per_epoch = samples_per_epoch
+        self.seed, self.shard_id, self.num_shards = seed, shard_id, num_shards
+        self._orders: dict[int, np.ndarray] = {}
+
+    def __call__(self, info):
+        if info.idx_in_epoch >= self.samples_per_epoch:
+            raise StopIteration
+        if info.epoch_idx not in self._orders:
+            self._orders = {info.epoch_idx: epoch_order(len(self.images), self.seed,
+                                                        info.epoch_idx, self.shard_id,
+                                                        self.num_shards)}
+        index = self._orders[info.epoch_idx][info.idx_in_epoch]
+        return self.images[index], self.labels[index:index + 1]
+
+
+def in_memory_reader(images: torch.Tensor, labels: torch.Tensor, samples_per_epoch: int,
+                     seed: int, shard_id: int, num_shards: int, on_gpu: bool):
+    """Decoded images held in memory, (N, 3, H, W) uint8, fed to DALI one sample at a time."""
+    source = _InMemorySource(images.permute(0, 2, 3, 1).contiguous().numpy(),
+                             labels.to(torch.int32).numpy(), samples_per_epoch, seed,
+                             shard_id, num_shards)
+
+    def read():
+        image, label = fn.external_source(source=source, num_outputs=2, batch=False,
+                                          layout=["HWC", ""], dtype=[types.UINT8, types.INT32])
+        return (image.gpu() if on_gpu else image), label
     return read
 
 
 @pipeline_def(enable_conditionals=True, enable_checkpointing=True)
-def two_view_pipeline(read, image_size: int, on_gpu: bool, with_choices: bool = False):
-    """DALI pipeline: (view1, view2, label) for each (encoded image, label) that `read()` gives.
+def two_view_pipeline(read, image_size: int, with_choices: bool = False):
+    """DALI pipeline: (view1, view2, label) for each (decoded image, label) that `read()` gives.
     `with_choices` adds each view's random choices (see `_augmented_view`), to check the
     augmentation rates."""
-    encoded, label = read()
-    images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu",
-                               output_type=types.RGB)
+    images, label = read()
     view1, choices1 = _augmented_view(images, image_size, 1)
     view2, choices2 = _augmented_view(images, image_size, 2)
     return (view1, view2, label, choices1, choices2) if with_choices else (view1, view2, label)
 
 
 class DaliLoader(TwoViewLoader):
-    """Two-view batches through DALI from `read` (a folder or shard reader); the position in
-    the data is DALI's own checkpoint (reader progress and random state)."""
+    """Two-view batches through DALI from `read` (see the `*_reader` functions); the position
+    in the data is DALI's own checkpoint (reader progress and random state)."""
 
-    def __init__(self, read, num_images: int, *, classes: list[str], image_size: int,
-                 batch_size: int, seed: int, workers: int, device: torch.device,
-                 world_size: int = 1, skipped: list[tuple[str, str]] | None = None):
+    def __init__(self, read, num_images: int, *, image_size: int, batch_size: int, seed: int,
+                 workers: int, device: torch.device, world_size: int = 1,
+                 classes: list[str] | None = None, skipped: list[tuple[str, str]] | None = None,
+                 has_reader: bool = True):
         super().__init__(num_images, batch_size, world_size)
         self.classes = classes
         self.skipped = skipped or []
         self._pipeline_args = dict(
-            read=read, image_size=image_size, on_gpu=device.type == "cuda",
-            batch_size=batch_size, num_threads=max(1, workers), seed=seed,
+            read=read, image_size=image_size, batch_size=batch_size,
+            num_threads=max(1, workers), seed=seed,
             device_id=device.index or 0 if device.type == "cuda" else None,
         )
+        # Readers know their epoch size; an external source ends its epoch itself.
+        self._reader_name = READER if has_reader else None
         self.device = device
         self._dali_checkpoint: str | None = None
         self._iterator: DALIGenericIterator | None = None
 
     def _build_iterator(self) -> DALIGenericIterator:
         pipeline = two_view_pipeline(**self._pipeline_args, checkpoint=self._dali_checkpoint)
-        return DALIGenericIterator([pipeline], ["view1", "view2", "labels"], reader_name=READER,
+        return DALIGenericIterator([pipeline], ["view1", "view2", "labels"],
+                                   reader_name=self._reader_name,
                                    last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
 
     def __iter__(self) -> Iterator[TwoViewBatch]:
@@ -161,13 +220,29 @@ def folder_loader(root: Path, *, strict: bool = False, rank: int = 0, world_size
         raise UserError(f"--data {root}: none of its {len(files)} images can be read; run "
                         "byolctl data check on it.")
     files, labels = map(list, zip(*usable))
-    return DaliLoader(folder_reader(files, labels, rank, world_size), len(files),
-                      classes=classes, skipped=skipped, world_size=world_size, **kwargs)
+    read = folder_reader(files, labels, rank, world_size, kwargs["device"].type == "cuda")
+    return DaliLoader(read, len(files), classes=classes, skipped=skipped,
+                      world_size=world_size, **kwargs)
 
 
 def shards_loader(data: str, *, rank: int = 0, world_size: int = 1, **kwargs) -> DaliLoader:
     """A DaliLoader over WebDataset shards (see `byol.data.shards.find_shards`)."""
     shards = find_shards(data)
-    read = shard_reader(shards.paths, rank, world_size, kwargs["seed"])
+    read = shard_reader(shards.paths, rank, world_size, kwargs["seed"],
+                        kwargs["device"].type == "cuda")
     return DaliLoader(read, shards.images, classes=shards.classes, world_size=world_size,
                       **kwargs)
+
+
+def in_memory_loader(images: torch.Tensor, labels: torch.Tensor, *, rank: int = 0,
+                     world_size: int = 1, **kwargs) -> DaliLoader:
+    """A DaliLoader over labeled uint8 images (N, 3, H, W) held in memory."""
+    per_shard = len(images) // (kwargs["batch_size"] * world_size) * kwargs["batch_size"]
+    read = in_memory_reader(images, labels, per_shard, kwargs["seed"], rank, world_size,
+                            kwargs["device"].type == "cuda")
+    return DaliLoader(read, len(images), world_size=world_size, has_reader=False, **kwargs)
+
+
+def demo_loader(**kwargs) -> DaliLoader:
+    """The built-in demo dataset's training split; keyword arguments as `in_memory_loader`."""
+    return in_memory_loader(*demo_images("train"), classes=list(DEMO_CLASSES), **kwargs)
