@@ -30,3 +30,18 @@ def test_a_cuda_checkpoint_resumes_on_the_cpu(tiny):
     trainer, resumed_from = prepare_run(None, {"device": "cpu"}, None, "run/last.pt")
     assert resumed_from is not None and trainer.step == 2
     assert trainer.config.precision == "bf16"  # precision is part of the run, not the device
+
+
+@pytest.mark.parametrize("source", ["folder", "demo"])
+def test_dali_decodes_and_augments_on_the_gpu_in_channels_last(source, cifar_folder):
+    import torch
+
+    from byol.data.dali import demo_loader, folder_loader
+
+    common = dict(image_size=32, batch_size=8, seed=0, workers=2, device=torch.device("cuda"))
+    loader = folder_loader(cifar_folder, **common) if source == "folder" else demo_loader(**common)
+    batch = next(iter(loader))
+    assert batch.view1.is_cuda and batch.labels.is_cuda
+    assert batch.view1.shape == (8, 3, 32, 32)
+    assert batch.view1.is_contiguous(memory_format=torch.channels_last)
+    assert -2.2 < batch.view1.min() and batch.view1.max() < 2.7
