@@ -18,8 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).parent))
 from common import bf16_peak, environment, save_result  # noqa: E402
 
-from byol.pretrain import runtime_defaults  # noqa: E402
 from byol.presets import resolve_config  # noqa: E402
+from byol.pretrain import runtime_defaults  # noqa: E402
 from byol.trainer import Trainer  # noqa: E402
 
 
