@@ -73,3 +73,24 @@ def lars_step_(
             update = update * trust
         mu.mul_(momentum).add_(update)
         w.sub_(mu, alpha=lr)
+
+
+def _direction_grad(p: Tensor, z: Tensor) -> Tensor:
+    """-1/2 d ||p r(p) - z r(z)||^2 / dp per row, r(x) = rsqrt(max(sum x^2, eps)); fp32.
+
+    r(p) (z_hat - c p_hat) with c = cos(p, z); where the norm is below the floor, r(p) is a
+    constant and c = 1 (||p_hat||^2 then still depends on p)."""
+    p, z = p.float(), z.float()
+    squares = p.pow(2).sum(dim=-1, keepdim=True)
+    scale = torch.rsqrt(torch.clamp(squares, min=NORM_EPS))
+    p_hat, z_hat = p * scale, _l2_normalize(z)
+    c = torch.where(squares > NORM_EPS, (p_hat * z_hat).sum(dim=-1, keepdim=True), 1.0)
+    return scale * (z_hat - c * p_hat)
+
+
+def byol_loss_backward(online_1: Tensor, online_2: Tensor, target_1: Tensor, target_2: Tensor,
+                       grad_loss: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients of `byol_loss` for online_1 and online_2 (in their dtypes), in closed form."""
+    scale = grad_loss.float() * (-2.0 / online_1.shape[0])
+    return ((scale * _direction_grad(online_1, target_2)).to(online_1.dtype),
+            (scale * _direction_grad(online_2, target_1)).to(online_2.dtype))

@@ -45,3 +45,25 @@ def test_dali_decodes_and_augments_on_the_gpu_in_channels_last(source, cifar_fol
     assert batch.view1.shape == (8, 3, 32, 32)
     assert batch.view1.is_contiguous(memory_format=torch.channels_last)
     assert -2.2 < batch.view1.min() and batch.view1.max() < 2.7
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_fused_loss_compiled_on_the_gpu_matches_the_reference(dtype):
+    import torch
+
+    import kernels.loss  # noqa: F401  (registers the op)
+    from kernels import reference
+
+    dtype = getattr(torch, dtype)
+    inputs = [torch.randn(300, 256, device="cuda", dtype=dtype) for _ in range(4)]
+    p1, p2 = (x.clone().requires_grad_() for x in inputs[:2])
+    compiled = torch.compile(lambda a, b, c, d: torch.ops.byolctl.byol_loss(a, b, c, d))
+    value = compiled(p1, p2, *inputs[2:])
+    value.backward()
+    q1, q2 = (x.float().requires_grad_() for x in inputs[:2])
+    expected = reference.byol_loss(q1, q2, *inputs[2:])
+    expected.backward()
+    tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2,
+                                                                                 rtol=2e-2)
+    torch.testing.assert_close(value, expected, **tolerance)
+    torch.testing.assert_close(p1.grad.float(), q1.grad, **tolerance)

@@ -109,3 +109,14 @@ def test_lars_does_not_modify_gradients():
     before = g[0].clone()
     reference.lars_step_(w, g, [torch.zeros(4, 3)], [False], **HYPER)
     assert torch.equal(g[0], before)
+
+
+def test_closed_form_loss_gradient_matches_autograd_including_tiny_rows():
+    torch.manual_seed(2)
+    p1, p2, z1, z2 = (torch.randn(6, 5) for _ in range(4))
+    p1[1] = 0.0
+    p2[3] = 1e-8  # below the norm floor, but not zero
+    q1, q2 = p1.clone().requires_grad_(), p2.clone().requires_grad_()
+    reference.byol_loss(q1, q2, z1, z2).backward(torch.tensor(1.5))
+    torch.testing.assert_close(reference.byol_loss_backward(p1, p2, z1, z2, torch.tensor(1.5)),
+                               (q1.grad, q2.grad))
