@@ -47,6 +47,20 @@ def _load_rows(ptr, offsets, mask):
 
 
 @triton.jit
+def _load_tiles(online_1_ptr, online_2_ptr, target_1_ptr, target_2_ptr, B, D,
+                ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's ROWS rows of the four inputs in fp32, with their row indices, offsets
+    and mask (rows past B and columns past D read as 0)."""
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < B) & (cols[None, :] < D)
+    offsets = rows[:, None] * D + cols[None, :]
+    return (rows, offsets, mask,
+            _load_rows(online_1_ptr, offsets, mask), _load_rows(online_2_ptr, offsets, mask),
+            _load_rows(target_1_ptr, offsets, mask), _load_rows(target_2_ptr, offsets, mask))
+
+
+@triton.jit
 def _forward_kernel(
     online_1_ptr, online_2_ptr,  # (B, D) predictions, contiguous
     target_1_ptr, target_2_ptr,  # (B, D) target projections, contiguous
@@ -54,14 +68,8 @@ def _forward_kernel(
     B, D,
     EPS: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK_D)
-    mask = (rows[:, None] < B) & (cols[None, :] < D)
-    offsets = rows[:, None] * D + cols[None, :]
-    p1 = _load_rows(online_1_ptr, offsets, mask)
-    p2 = _load_rows(online_2_ptr, offsets, mask)
-    z1 = _load_rows(target_1_ptr, offsets, mask)
-    z2 = _load_rows(target_2_ptr, offsets, mask)
+    rows, _, _, p1, p2, z1, z2 = _load_tiles(online_1_ptr, online_2_ptr, target_1_ptr,
+                                             target_2_ptr, B, D, ROWS, BLOCK_D)
     row_loss = _direction_loss(p1, z2, EPS) + _direction_loss(p2, z1, EPS)
     tl.store(partial_ptr + tl.program_id(0), tl.sum(tl.where(rows < B, row_loss, 0.0)))
 
@@ -86,15 +94,9 @@ def _backward_kernel(
     B, D,
     EPS: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK_D)
-    mask = (rows[:, None] < B) & (cols[None, :] < D)
-    offsets = rows[:, None] * D + cols[None, :]
+    _, offsets, mask, p1, p2, z1, z2 = _load_tiles(online_1_ptr, online_2_ptr, target_1_ptr,
+                                                   target_2_ptr, B, D, ROWS, BLOCK_D)
     scale = tl.load(grad_loss_ptr) * (-2.0 / B)
-    p1 = _load_rows(online_1_ptr, offsets, mask)
-    p2 = _load_rows(online_2_ptr, offsets, mask)
-    z1 = _load_rows(target_1_ptr, offsets, mask)
-    z2 = _load_rows(target_2_ptr, offsets, mask)
     grad_1 = scale * _direction_grad(p1, z2, EPS)
     grad_2 = scale * _direction_grad(p2, z1, EPS)
     tl.store(grad_1_ptr + offsets, grad_1.to(grad_1_ptr.dtype.element_ty), mask=mask)
