@@ -1,0 +1,51 @@
+"""The fused EMA kernel against its reference, under TRITON_INTERPRET=1 on the CPU."""
+
+import pytest
+import torch
+
+from kernels import ema, reference
+
+# One element, less than a block, exactly a block, and sizes just past whole blocks.
+SIZES = [1, 100, ema.BLOCK, ema.BLOCK + 1, 3 * ema.BLOCK - 7]
+DTYPES = [(torch.float32, 1e-6, 1e-6), (torch.bfloat16, 1e-2, 1e-2)]
+
+
+def _buffers(n, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, generator=generator).to(dtype) for _ in range(2)]
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+def test_ema_matches_the_reference(n, dtype, atol, rtol):
+    target, online = _buffers(n, dtype)
+    expected = target.float()
+    reference.ema_update_([expected], [online.float()], tau=0.996)
+    ema.ema_update_(target, online, tau=0.996)
+    assert target.dtype == dtype
+    torch.testing.assert_close(target.float(), expected, atol=atol, rtol=rtol)
+
+
+def test_ema_over_many_tensors_in_one_buffer_matches_the_per_tensor_reference():
+    shapes = [(64, 3, 3, 3), (64,), (7, 5), (1,), (4096, 33)]
+    sizes = [torch.Size(s).numel() for s in shapes]
+    target, online = _buffers(sum(sizes), torch.float32, seed=1)
+    expected = [t.view(s).clone() for t, s in zip(target.split(sizes), shapes)]
+    reference.ema_update_(expected, [o.view(s) for o, s in zip(online.split(sizes), shapes)],
+                          tau=0.9)
+    ema.ema_update_(target, online, tau=0.9)
+    torch.testing.assert_close(target, torch.cat([e.flatten() for e in expected]))
+
+
+@pytest.mark.parametrize("tau,expected", [(1.0, "target"), (0.0, "online")])
+def test_tau_one_keeps_the_target_and_tau_zero_copies_the_online(tau, expected):
+    target, online = _buffers(1000, torch.float32)
+    before = {"target": target.clone(), "online": online.clone()}
+    ema.ema_update_(target, online, tau=tau)
+    assert torch.equal(target, before[expected])
+    assert torch.equal(online, before["online"])
+
+
+def test_mismatched_buffers_are_refused():
+    with pytest.raises(ValueError, match="1-D buffers of one size"):
+        ema.ema_update_(torch.zeros(10), torch.zeros(11), tau=0.5)
