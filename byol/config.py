@@ -64,7 +64,7 @@ class PretrainConfig:
     device: str = "cpu"
     """`cuda` or `cpu`."""
     kernels: str = "eager"
-    """Implementation of the loss, EMA and LARS (see `byol.ops.BACKENDS`)."""
+    """`fused` (Triton) or `eager` (plain torch) loss, EMA and LARS; see `byol.ops`."""
     compile: bool = False
     """Compile the online and target networks with torch.compile."""
     workers: int = 2

@@ -93,7 +93,3 @@ class BYOL(nn.Module):
         """Online encoder, projector and predictor parameters: what the optimizer updates."""
         yield from self.online.parameters()
         yield from self.predictor.parameters()
-
-    def ema_pairs(self) -> tuple[list[Tensor], list[Tensor]]:
-        """(target parameters, matching online parameters), in the same order."""
-        return list(self.target.parameters()), list(self.online.parameters())

@@ -1,7 +1,12 @@
 """LARS, the optimizer of the official BYOL implementation, as a torch.optim.Optimizer.
 
-The arithmetic lives behind the dispatch point (`byol.ops.lars_step_`); this class keeps the
-momentum buffers and the bias/normalization exclusion so that state dicts stay standard.
+    optimizer = LARS(model.parameters(), lr=..., weight_decay=1e-6, momentum=0.9, eta=1e-3,
+                     backend="fused")
+
+On construction the parameters move into one flat fp32 buffer, their gradients into another
+and the momenta into a third (`byol.flat`), so that the fused kernels update them all in two
+launches. Every tensor outside is still an ordinary per-parameter view, and state dicts keep
+the usual per-parameter form.
 """
 
 from collections.abc import Iterable
@@ -10,53 +15,55 @@ import torch
 from torch import nn
 
 from byol import ops
-
-
-def lars_param_groups(parameters: Iterable[nn.Parameter]) -> list[dict]:
-    """Two parameter groups: weights, and the excluded biases and normalization parameters.
-
-    As in the official implementation, every 1-D parameter (biases, BatchNorm scales and
-    shifts) gets neither weight decay nor trust-ratio scaling.
-    """
-    params = list(parameters)
-    return [
-        {"params": [p for p in params if p.ndim > 1], "lars_exclude": False},
-        {"params": [p for p in params if p.ndim <= 1], "lars_exclude": True},
-    ]
+from byol.flat import FlatBuffer, attach_flat_gradients_, flatten_parameters_
 
 
 class LARS(torch.optim.Optimizer):
     """LARS with momentum; see `kernels.reference.lars_step_` for the update rule.
 
-    One call to the dispatch point updates every tensor, so all groups share the first group's
-    lr, weight decay, momentum and eta (the trainer sets lr on every group before each step);
-    groups differ only in `lars_exclude`.
+    As in the official implementation, every 1-D parameter (biases, BatchNorm scales and
+    shifts) gets neither weight decay nor trust-ratio scaling. One parameter group: the trainer
+    sets its lr before each step. Build it after the model is on its device and in its memory
+    format, since the parameters become views into the flat buffer.
     """
 
-    def __init__(self, param_groups: list[dict], *, lr: float, weight_decay: float,
+    def __init__(self, parameters: Iterable[nn.Parameter], *, lr: float, weight_decay: float,
                  momentum: float, eta: float, backend: str):
-        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta,
-                        lars_exclude=False)
-        super().__init__(param_groups, defaults)
+        parameters = list(parameters)
+        super().__init__(parameters, dict(lr=lr, weight_decay=weight_decay,
+                                          momentum=momentum, eta=eta))
         self.backend = backend
+        self.flat = ops.LarsTensors(
+            params=flatten_parameters_(parameters),
+            grads=attach_flat_gradients_(parameters),
+            momenta=FlatBuffer(parameters),
+            excluded=[p.ndim <= 1 for p in parameters],
+        )
+        for p, momentum_buffer in zip(parameters, self.flat.momenta.views):
+            self.state[p]["momentum_buffer"] = momentum_buffer
+
+    @property
+    def flat_params(self) -> FlatBuffer:
+        """The flat buffer the parameters are views into."""
+        return self.flat.params
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zero every gradient in place, in one fill of the flat buffer.
+
+        `set_to_none` is ignored: the gradients must stay views of the flat buffer.
+        """
+        self.flat.grads.data.zero_()
 
     @torch.no_grad()
     def step(self, closure=None):
-        params, grads, momenta, excluded = [], [], [], []
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                params.append(p)
-                grads.append(p.grad)
-                momenta.append(state["momentum_buffer"])
-                excluded.append(group["lars_exclude"])
         group = self.param_groups[0]
-        ops.lars_step_(
-            params, grads, momenta, excluded,
-            lr=group["lr"], weight_decay=group["weight_decay"], momentum=group["momentum"],
-            eta=group["eta"], backend=self.backend,
-        )
+        ops.lars_step_(self.flat, lr=group["lr"], weight_decay=group["weight_decay"],
+                       momentum=group["momentum"], eta=group["eta"], backend=self.backend)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load as usual, then copy the momenta back into the flat buffer (the base class
+        would leave them as separate tensors)."""
+        super().load_state_dict(state_dict)
+        for p, momentum_buffer in zip(self.param_groups[0]["params"], self.flat.momenta.views):
+            momentum_buffer.copy_(self.state[p]["momentum_buffer"])
+            self.state[p]["momentum_buffer"] = momentum_buffer

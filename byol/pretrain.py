@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from byol import ops
 from byol.checkpoint import LAST, STEP_DIR, load_checkpoint
 from byol.config import (
     RUNTIME_FIELDS,
@@ -38,17 +39,18 @@ SKIPPED_FILE = "skipped_files.txt"  # one `path<TAB>reason` per unreadable image
 
 
 def runtime_defaults(requested: dict[str, Any]) -> dict[str, Any]:
-    """Device, precision, compilation and data threads that suit this machine.
+    """Device, kernels, precision, compilation and data threads that suit this machine.
 
-    A GPU gets bf16 autocast and torch.compile; the CPU gets fp32 and eager execution. DALI
-    gets up to 8 CPU threads.
+    A GPU gets the fused kernels, bf16 autocast and torch.compile; the CPU gets the reference
+    kernels, fp32 and eager execution. DALI gets up to 8 CPU threads.
     """
     cuda = torch.cuda.is_available()
     device = requested.get("device", "cuda" if cuda else "cpu")
     if device == "cuda" and not cuda:
         raise UserError("--device cuda needs a GPU and none is visible; use --device cpu.")
     on_gpu = device == "cuda"
-    return {"device": device, "precision": "bf16" if on_gpu else "fp32", "compile": on_gpu,
+    return {"device": device, "kernels": ops.default_backend(torch.device(device)),
+            "precision": "bf16" if on_gpu else "fp32", "compile": on_gpu,
             "workers": min(8, os.cpu_count() or 1)}
 
 

@@ -26,9 +26,10 @@ from byol.checkpoint import LAST, save_checkpoint
 from byol.config import PretrainConfig, to_dict
 from byol.data import TwoViewBatch, build_loader
 from byol.errors import UserError
+from byol.flat import flatten_parameters_
 from byol.metrics import MetricsLog
 from byol.models import BYOL
-from byol.optim import LARS, lars_param_groups
+from byol.optim import LARS
 from byol.schedules import learning_rates, target_ema_rates
 
 # Metrics are gathered on the device and read back at most this often: one host sync a second
@@ -54,7 +55,7 @@ class Trainer:
         self.config = config
         self.run_dir = run_dir
         self.device = torch.device(config.device)
-        ops.require_backend(config.kernels)
+        ops.require_backend(config.kernels, self.device)
         torch.manual_seed(config.seed)
 
         self.loader = build_loader(config, self.device)
@@ -68,12 +69,14 @@ class Trainer:
         self.model = BYOL(config.model).to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema_target, self.ema_online = self.model.ema_pairs()
+        # From here on the parameters are views into flat buffers (byol.flat): the optimizer
+        # moves the online ones into its buffer, and the target ones go into a buffer laid out
+        # like the start of it, so the EMA is one pass over both.
         self.optimizer = LARS(
-            lars_param_groups(self.model.trainable_parameters()), lr=0.0,
-            weight_decay=config.weight_decay, momentum=config.momentum, eta=config.lars_eta,
-            backend=config.kernels,
+            self.model.trainable_parameters(), lr=0.0, weight_decay=config.weight_decay,
+            momentum=config.momentum, eta=config.lars_eta, backend=config.kernels,
         )
+        self.target_params = flatten_parameters_(list(self.model.target.parameters()))
         peak_lr = config.lr * config.batch_size / 256
         warmup_steps = round(config.warmup_epochs * self.loader.steps_per_epoch)
         self.lr_schedule = learning_rates(peak_lr, warmup_steps, self.total_steps).tolist()
@@ -109,11 +112,11 @@ class Trainer:
             loss = ops.byol_loss(prediction_1, prediction_2, target_1, target_2,
                                  backend=self.config.kernels)
 
-        # Zero in place rather than freeing: gradients keep their storage between steps.
-        self.optimizer.zero_grad(set_to_none=False)
+        self.optimizer.zero_grad()  # in place: the gradients are views of one flat buffer
         loss.backward()
         self.optimizer.step()
-        ops.ema_update_(self.ema_target, self.ema_online, tau, backend=self.config.kernels)
+        ops.ema_update_(self.target_params, self.optimizer.flat_params, tau,
+                        backend=self.config.kernels)
         self.step += 1
 
         # Collapse signal: per-dimension std of l2-normalized projections; 1/sqrt(dim) is

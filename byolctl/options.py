@@ -28,6 +28,7 @@ class Precision(str, Enum):
 
 
 class Kernels(str, Enum):
+    fused = "fused"
     eager = "eager"
 
 
@@ -61,7 +62,9 @@ WeightDecayOpt = Annotated[Optional[float], typer.Option(
 TauBaseOpt = Annotated[Optional[float], typer.Option(
     "--tau-base", help="Target EMA rate at step 0 (rises to 1).", show_default=False)]
 KernelsOpt = Annotated[Optional[Kernels], typer.Option(
-    "--kernels", help="Implementation of the loss, EMA and LARS.", show_default=False)]
+    "--kernels",
+    help="Triton kernels (fused) or plain PyTorch (eager) for the loss, EMA and LARS "
+    "[default: fused on a GPU].", show_default=False)]
 CompileOpt = Annotated[Optional[bool], typer.Option(
     "--compile/--no-compile", help="torch.compile the networks [default: on with a GPU].",
     show_default=False)]

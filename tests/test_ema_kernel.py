@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from kernels import ema, reference
+from tests.conftest import KERNEL_DEVICE
 
 # One element, less than a block, exactly a block, and sizes just past whole blocks.
 SIZES = [1, 100, ema.BLOCK, ema.BLOCK + 1, 3 * ema.BLOCK - 7]
@@ -12,7 +13,7 @@ DTYPES = [(torch.float32, 1e-6, 1e-6), (torch.bfloat16, 1e-2, 1e-2)]
 
 def _buffers(n, dtype, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(n, generator=generator).to(dtype) for _ in range(2)]
+    return [torch.randn(n, generator=generator).to(KERNEL_DEVICE, dtype) for _ in range(2)]
 
 
 @pytest.mark.parametrize("n", SIZES)
@@ -48,4 +49,5 @@ def test_tau_one_keeps_the_target_and_tau_zero_copies_the_online(tau, expected):
 
 def test_mismatched_buffers_are_refused():
     with pytest.raises(ValueError, match="1-D buffers of one size"):
-        ema.ema_update_(torch.zeros(10), torch.zeros(11), tau=0.5)
+        ema.ema_update_(*_buffers(10, torch.float32)[:1], *_buffers(11, torch.float32)[:1],
+                        tau=0.5)

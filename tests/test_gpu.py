@@ -67,3 +67,10 @@ def test_the_fused_loss_compiled_on_the_gpu_matches_the_reference(dtype):
                                                                                  rtol=2e-2)
     torch.testing.assert_close(value, expected, **tolerance)
     torch.testing.assert_close(p1.grad.float(), q1.grad, **tolerance)
+
+
+def test_a_fused_run_tracks_an_eager_run_on_the_gpu(tiny):
+    settings = {**tiny, "device": "cuda", "steps": 4}
+    eager = _losses({**settings, "kernels": "eager"}, "eager")
+    fused = _losses({**settings, "kernels": "fused"}, "fused")
+    assert fused == pytest.approx(eager, rel=1e-2)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from kernels import lars, reference
+from tests.conftest import KERNEL_DEVICE
 
 HYPER = dict(lr=0.3, weight_decay=0.05, momentum=0.9, eta=0.02)
 SMALL_BLOCK = 32  # so that small tensors still span several blocks under the interpreter
@@ -22,14 +23,14 @@ class Flat:
         self.sizes = [torch.Size(s).numel() for s in shapes]
         n = sum(self.sizes)
         self.params, self.grads, self.momenta = (
-            torch.randn(n, generator=generator).to(dtype) for _ in range(3))
+            torch.randn(n, generator=generator).to(KERNEL_DEVICE, dtype) for _ in range(3))
         self.excluded = [len(s) == 1 for s in shapes]  # as the optimizer flags 1-D tensors
 
     def views(self, buffer):
         return [b.view(s) for b, s in zip(buffer.split(self.sizes), self.shapes)]
 
     def table(self, block_size=SMALL_BLOCK):
-        return lars.lars_table(self.sizes, self.excluded, "cpu", block_size)
+        return lars.lars_table(self.sizes, self.excluded, KERNEL_DEVICE, block_size)
 
     def reference_step(self, **hyper):
         """The reference applied in fp32 to copies; returns (params, momenta), flat."""

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from kernels import loss, reference
+from tests.conftest import KERNEL_DEVICE
 
 SHAPES = [(1, 1), (5, 123), (33, 17), (7, 256), (40, 64)]  # rows below, at and past ROWS
 DTYPES = [(torch.float32, 1e-5, 1e-5), (torch.bfloat16, 2e-2, 2e-2)]
@@ -14,7 +15,7 @@ DTYPES = [(torch.float32, 1e-5, 1e-5), (torch.bfloat16, 2e-2, 2e-2)]
 
 def _inputs(shape, dtype, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=generator).to(dtype) for _ in range(4)]
+    return [torch.randn(shape, generator=generator).to(KERNEL_DEVICE, dtype) for _ in range(4)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -29,7 +30,7 @@ def test_forward_matches_the_reference(shape, dtype, atol, rtol):
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
 def test_backward_matches_autograd_of_the_reference(shape, dtype, atol, rtol):
     p1, p2, z1, z2 = _inputs(shape, dtype)
-    grad_loss = torch.tensor(0.7)
+    grad_loss = torch.tensor(0.7, device=KERNEL_DEVICE)
     q1, q2 = (p.float().requires_grad_() for p in (p1, p2))
     reference.byol_loss(q1, q2, z1, z2).backward(grad_loss)
     grad_1, grad_2 = loss.loss_backward(p1, p2, z1, z2, grad_loss)
@@ -44,15 +45,15 @@ def test_rows_at_or_below_the_norm_floor_match_the_reference():
     p2[3] = 1e-8  # below the norm floor, but not zero
     z2[4] = 0.0
     value = loss.loss_forward(p1, p2, z1, z2)
-    grad_1, grad_2 = loss.loss_backward(p1, p2, z1, z2, torch.tensor(1.0))
+    one = torch.tensor(1.0, device=KERNEL_DEVICE)
+    grad_1, grad_2 = loss.loss_backward(p1, p2, z1, z2, one)
     torch.testing.assert_close(value, reference.byol_loss(p1, p2, z1, z2))
     assert torch.isfinite(grad_1).all() and torch.isfinite(grad_2).all()
-    torch.testing.assert_close(
-        (grad_1, grad_2), reference.byol_loss_backward(p1, p2, z1, z2, torch.tensor(1.0)))
+    torch.testing.assert_close((grad_1, grad_2), reference.byol_loss_backward(p1, p2, z1, z2, one))
 
 
 def test_the_custom_op_on_the_cpu_matches_the_reference_and_spares_the_target():
-    p1, p2, z1, z2 = (x.requires_grad_() for x in _inputs((5, 12), torch.float32))
+    p1, p2, z1, z2 = (x.cpu().requires_grad_() for x in _inputs((5, 12), torch.float32))
     value = torch.ops.byolctl.byol_loss(p1, p2, z1, z2)
     value.backward()
     q1, q2 = (p.detach().clone().requires_grad_() for p in (p1, p2))

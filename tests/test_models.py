@@ -5,8 +5,9 @@ from torch import nn
 from byol import ops
 from byol.config import ModelConfig
 from byol.errors import UserError
+from byol.flat import flatten_parameters_
 from byol.models import BYOL, ENCODERS, create_encoder
-from byol.optim import lars_param_groups
+from byol.optim import LARS
 
 FEATURES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048,
             "resnet152": 2048}
@@ -52,21 +53,24 @@ def test_projector_and_predictor_follow_the_paper():
 
 def test_target_starts_as_a_copy_of_online_and_never_requires_grad():
     model = BYOL(ModelConfig(arch="resnet18", projector_hidden=32, projector_dim=16))
-    target, online = model.ema_pairs()
-    assert all(torch.equal(t, o) for t, o in zip(target, online))
+    target = list(model.target.parameters())
+    assert all(torch.equal(t, o) for t, o in zip(target, model.online.parameters()))
     assert not any(p.requires_grad for p in model.target.parameters())
     assert {id(p) for p in model.trainable_parameters()}.isdisjoint(id(p) for p in target)
 
 
-def test_ema_updates_parameters_but_not_batchnorm_statistics():
+@pytest.mark.parametrize("backend", ops.BACKENDS)
+def test_ema_updates_parameters_but_not_batchnorm_statistics(backend):
     model = BYOL(ModelConfig(arch="resnet18", projector_hidden=32, projector_dim=16))
+    online = flatten_parameters_(list(model.trainable_parameters()))
+    target = flatten_parameters_(list(model.target.parameters()))
     model.train()
     model.online(torch.randn(4, 3, 16, 16))  # online BN running stats now differ
     before = {k: v.clone() for k, v in model.target.state_dict().items()}
     with torch.no_grad():
         for p in model.online.parameters():
             p.add_(1.0)
-    ops.ema_update_(*model.ema_pairs(), tau=0.9, backend="eager")
+    ops.ema_update_(target, online, tau=0.9, backend=backend)
     after = model.target.state_dict()
     for name, param in model.target.named_parameters():
         torch.testing.assert_close(param, before[name] + 0.1)
@@ -76,7 +80,10 @@ def test_ema_updates_parameters_but_not_batchnorm_statistics():
 
 def test_lars_groups_exclude_exactly_the_biases_and_normalization_parameters():
     model = BYOL(ModelConfig(arch="resnet18", projector_hidden=32, projector_dim=16))
-    weights, excluded = lars_param_groups(model.trainable_parameters())
+    optimizer = LARS(model.trainable_parameters(), lr=0.1, weight_decay=0.0, momentum=0.9,
+                     eta=1e-3, backend="eager")
+    params = optimizer.param_groups[0]["params"]
+    excluded = {id(p) for p, flag in zip(params, optimizer.flat.excluded) if flag}
     expected_excluded = {
         id(p)
         for module in [model.online, model.predictor]
@@ -84,7 +91,5 @@ def test_lars_groups_exclude_exactly_the_biases_and_normalization_parameters():
         for name, p in sub.named_parameters(recurse=False)
         if name == "bias" or isinstance(sub, nn.BatchNorm1d | nn.BatchNorm2d)
     }
-    assert excluded["lars_exclude"] and not weights["lars_exclude"]
-    assert {id(p) for p in excluded["params"]} == expected_excluded
-    assert len(weights["params"]) + len(excluded["params"]) == \
-        len(list(model.trainable_parameters()))
+    assert excluded == expected_excluded
+    assert len(params) == len(list(model.trainable_parameters()))
