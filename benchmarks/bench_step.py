@@ -18,21 +18,25 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).parent))
 from common import bf16_peak, environment, save_result  # noqa: E402
 
+from byol.config import ModelConfig  # noqa: E402
+from byol.models import BYOL  # noqa: E402
 from byol.presets import resolve_config  # noqa: E402
 from byol.pretrain import runtime_defaults  # noqa: E402
 from byol.trainer import Trainer  # noqa: E402
 
 
-def flops_per_image(trainer: Trainer, image_size: int) -> int:
+def flops_per_image(config: ModelConfig, image_size: int) -> int:
     """Model FLOPs of one BYOL image: two views, each through the online network (f, g, q)
-    forward and backward (about 3x a forward) and the target network (f, g) forward."""
+    forward and backward (about 3x a forward) and the target network (f, g) forward.
+
+    Counted on a fresh CPU copy: moving the trainer's model would detach its parameters from
+    the optimizer's flat buffers."""
     views = torch.randn(2, 3, image_size, image_size)
-    model = trainer.model.to("cpu").eval()
+    model = BYOL(config).eval()
     with FlopCounterMode(display=False) as online:
         model.predictor(model.online(views))
     with FlopCounterMode(display=False) as target:
         model.target(views)
-    model.to(trainer.device).train()
     per_view = 3 * online.get_total_flops() + target.get_total_flops()
     return 2 * per_view // len(views)
 
@@ -47,7 +51,7 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--kernels", default="eager")
+    parser.add_argument("--kernels", choices=["fused", "eager"], help="default: fused on a GPU")
     parser.add_argument("--device", choices=["cuda", "cpu"])
     parser.add_argument("--precision", choices=["bf16", "fp32"])
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
@@ -56,14 +60,15 @@ def main() -> None:
     args = parser.parse_args()
 
     overrides = {"data": "random", "arch": args.arch, "image_size": args.image_size,
-                 "batch_size": args.batch_size, "kernels": args.kernels,
+                 "batch_size": args.batch_size,
                  "steps": args.warmup + args.steps,
                  "small_stem": args.image_size <= 64}
     overrides.update({k: v for k, v in {"device": args.device, "precision": args.precision,
-                                        "compile": args.compile}.items() if v is not None})
+                                        "compile": args.compile, "kernels": args.kernels}.items()
+                      if v is not None})
     config = resolve_config(None, {**runtime_defaults(overrides), **overrides})
     trainer = Trainer(config, run_dir=Path("unused"))
-    image_flops = flops_per_image(trainer, args.image_size)
+    image_flops = flops_per_image(config.model, args.image_size)
 
     batches = iter(trainer.loader)
     trainer.model.train()
