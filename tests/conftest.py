@@ -41,6 +41,13 @@ KERNEL_DEVICE = ("cuda" if torch.cuda.is_available() and os.environ["TRITON_INTE
                  else "cpu")
 
 
+def random_tensors(count: int, shape, dtype: torch.dtype, seed: int = 0) -> list[torch.Tensor]:
+    """`count` standard-normal tensors for kernel tests, on KERNEL_DEVICE, reproducible."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=generator).to(KERNEL_DEVICE, dtype)
+            for _ in range(count)]
+
+
 @pytest.fixture
 def tiny() -> dict:
     """Flat config overrides for a tiny CPU run (a fresh copy per test)."""

@@ -4,22 +4,17 @@ import pytest
 import torch
 
 from kernels import ema, reference
-from tests.conftest import KERNEL_DEVICE
+from tests.conftest import random_tensors
 
 # One element, less than a block, exactly a block, and sizes just past whole blocks.
 SIZES = [1, 100, ema.BLOCK, ema.BLOCK + 1, 3 * ema.BLOCK - 7]
 DTYPES = [(torch.float32, 1e-6, 1e-6), (torch.bfloat16, 1e-2, 1e-2)]
 
 
-def _buffers(n, dtype, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(n, generator=generator).to(KERNEL_DEVICE, dtype) for _ in range(2)]
-
-
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
 def test_ema_matches_the_reference(n, dtype, atol, rtol):
-    target, online = _buffers(n, dtype)
+    target, online = random_tensors(2, n, dtype)
     expected = target.float()
     reference.ema_update_([expected], [online.float()], tau=0.996)
     ema.ema_update_(target, online, tau=0.996)
@@ -30,7 +25,7 @@ def test_ema_matches_the_reference(n, dtype, atol, rtol):
 def test_ema_over_many_tensors_in_one_buffer_matches_the_per_tensor_reference():
     shapes = [(64, 3, 3, 3), (64,), (7, 5), (1,), (4096, 33)]
     sizes = [torch.Size(s).numel() for s in shapes]
-    target, online = _buffers(sum(sizes), torch.float32, seed=1)
+    target, online = random_tensors(2, sum(sizes), torch.float32, seed=1)
     expected = [t.view(s).clone() for t, s in zip(target.split(sizes), shapes)]
     reference.ema_update_(expected, [o.view(s) for o, s in zip(online.split(sizes), shapes)],
                           tau=0.9)
@@ -40,7 +35,7 @@ def test_ema_over_many_tensors_in_one_buffer_matches_the_per_tensor_reference():
 
 @pytest.mark.parametrize("tau,expected", [(1.0, "target"), (0.0, "online")])
 def test_tau_one_keeps_the_target_and_tau_zero_copies_the_online(tau, expected):
-    target, online = _buffers(1000, torch.float32)
+    target, online = random_tensors(2, 1000, torch.float32)
     before = {"target": target.clone(), "online": online.clone()}
     ema.ema_update_(target, online, tau=tau)
     assert torch.equal(target, before[expected])
@@ -49,5 +44,5 @@ def test_tau_one_keeps_the_target_and_tau_zero_copies_the_online(tau, expected):
 
 def test_mismatched_buffers_are_refused():
     with pytest.raises(ValueError, match="1-D buffers of one size"):
-        ema.ema_update_(*_buffers(10, torch.float32)[:1], *_buffers(11, torch.float32)[:1],
-                        tau=0.5)
+        ema.ema_update_(random_tensors(1, 10, torch.float32)[0],
+                        random_tensors(1, 11, torch.float32)[0], tau=0.5)

@@ -7,21 +7,16 @@ import pytest
 import torch
 
 from kernels import loss, reference
-from tests.conftest import KERNEL_DEVICE
+from tests.conftest import KERNEL_DEVICE, random_tensors
 
 SHAPES = [(1, 1), (5, 123), (33, 17), (7, 256), (40, 64)]  # rows below, at and past ROWS
 DTYPES = [(torch.float32, 1e-5, 1e-5), (torch.bfloat16, 2e-2, 2e-2)]
 
 
-def _inputs(shape, dtype, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=generator).to(KERNEL_DEVICE, dtype) for _ in range(4)]
-
-
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
 def test_forward_matches_the_reference(shape, dtype, atol, rtol):
-    inputs = _inputs(shape, dtype)
+    inputs = random_tensors(4, shape, dtype)
     torch.testing.assert_close(loss.loss_forward(*inputs), reference.byol_loss(*inputs),
                                atol=atol, rtol=rtol)
 
@@ -29,7 +24,7 @@ def test_forward_matches_the_reference(shape, dtype, atol, rtol):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
 def test_backward_matches_autograd_of_the_reference(shape, dtype, atol, rtol):
-    p1, p2, z1, z2 = _inputs(shape, dtype)
+    p1, p2, z1, z2 = random_tensors(4, shape, dtype)
     grad_loss = torch.tensor(0.7, device=KERNEL_DEVICE)
     q1, q2 = (p.float().requires_grad_() for p in (p1, p2))
     reference.byol_loss(q1, q2, z1, z2).backward(grad_loss)
@@ -40,7 +35,7 @@ def test_backward_matches_autograd_of_the_reference(shape, dtype, atol, rtol):
 
 
 def test_rows_at_or_below_the_norm_floor_match_the_reference():
-    p1, p2, z1, z2 = _inputs((6, 9), torch.float32)
+    p1, p2, z1, z2 = random_tensors(4, (6, 9), torch.float32)
     p1[2] = 0.0
     p2[3] = 1e-8  # below the norm floor, but not zero
     z2[4] = 0.0
@@ -53,7 +48,7 @@ def test_rows_at_or_below_the_norm_floor_match_the_reference():
 
 
 def test_the_custom_op_on_the_cpu_matches_the_reference_and_spares_the_target():
-    p1, p2, z1, z2 = (x.cpu().requires_grad_() for x in _inputs((5, 12), torch.float32))
+    p1, p2, z1, z2 = (x.cpu().requires_grad_() for x in random_tensors(4, (5, 12), torch.float32))
     value = torch.ops.byolctl.byol_loss(p1, p2, z1, z2)
     value.backward()
     q1, q2 = (p.detach().clone().requires_grad_() for p in (p1, p2))
