@@ -14,6 +14,7 @@ from byolctl import __version__, errors
 from byolctl.config_file import read_config_file
 from byolctl.data_commands import data_app
 from byolctl.errors import exits_cleanly
+from byolctl.eval_commands import eval_app, export
 from byolctl.options import (
     ArchOpt,
     BatchSizeOpt,
@@ -51,6 +52,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+app.add_typer(eval_app, name="eval")
+app.command("export", epilog="Example: byolctl export --checkpoint runs/r50/last.pt "
+            "--out r50-byol.pt")(exits_cleanly(export))
 def _print_version(value: bool) -> None:
     if value:
         console.print(f"byolctl {__version__}")

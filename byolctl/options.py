@@ -64,25 +64,25 @@ TauBaseOpt = Annotated[Optional[float], typer.Option(
 KernelsOpt = Annotated[Optional[Kernels], typer.Option(
     "--kernels",
     help="Triton kernels (fused) or plain PyTorch (eager) for the loss, EMA and LARS "
-    "[default: fused on a GPU].", show_default=False)]
+    "\\[default: fused on a GPU].", show_default=False)]
 CompileOpt = Annotated[Optional[bool], typer.Option(
-    "--compile/--no-compile", help="torch.compile the networks [default: on with a GPU].",
+    "--compile/--no-compile", help="torch.compile the networks \\[default: on with a GPU].",
     show_default=False)]
 PrecisionOpt = Annotated[Optional[Precision], typer.Option(
-    "--precision", help="bf16 autocast or fp32 [default: bf16 on a GPU].", show_default=False)]
+    "--precision", help="bf16 autocast or fp32 \\[default: bf16 on a GPU].", show_default=False)]
 DeviceOpt = Annotated[Optional[Device], typer.Option(
-    "--device", help="Where to train [default: cuda if there is a GPU].", show_default=False)]
+    "--device", help="Where to train \\[default: cuda if there is a GPU].", show_default=False)]
 OutOpt = Annotated[Optional[Path], typer.Option(
-    "--out", help="Run folder [default: runs/<arch>-<date>-<time>].", show_default=False)]
+    "--out", help="Run folder \\[default: runs/<arch>-<date>-<time>].", show_default=False)]
 ResumeOpt = Annotated[Optional[str], typer.Option(
     "--resume", help="`auto` (continue the matching run) or a checkpoint or run folder.",
     show_default=False)]
 SeedOpt = Annotated[Optional[int], typer.Option(
     "--seed", help="Seed for initialization, data order and augmentation.", show_default=False)]
 WorkersOpt = Annotated[Optional[int], typer.Option(
-    "--workers", help="DALI CPU threads [default: the cores, at most 8].", show_default=False)]
+    "--workers", help="DALI CPU threads \\[default: the cores, at most 8].", show_default=False)]
 StrictOpt = Annotated[Optional[bool], typer.Option(
-    "--strict/--skip-bad", help="Stop at the first unreadable image [default: skip and list].",
+    "--strict/--skip-bad", help="Stop at the first unreadable image \\[default: skip and list].",
     show_default=False)]
 CheckpointEveryOpt = Annotated[Optional[int], typer.Option(
     "--checkpoint-every", help="Steps between checkpoints (and one at the end).",

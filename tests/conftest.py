@@ -61,17 +61,26 @@ def _in_tmp_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def cifar_folder() -> Path:
+def cifar_folder(cifar_eval_folder) -> Path:
     """`train/<class>/*.jpg` with 10 real CIFAR-10 JPEGs for each of CIFAR_CLASSES."""
-    root = CIFAR_SUBSET / "train"
-    if not all(len(list((root / c).glob("*.jpg"))) == 10 for c in CIFAR_CLASSES):
+    return cifar_eval_folder / "train"
+
+
+@pytest.fixture(scope="session")
+def cifar_eval_folder() -> Path:
+    """An evaluation dataset: `train/` and `test/`, each with 10 real CIFAR-10 JPEGs for each
+    of CIFAR_CLASSES."""
+    splits = ("train", "test")
+    if not all(len(list((CIFAR_SUBSET / s / c).glob("*.jpg"))) == 10
+               for s in splits for c in CIFAR_CLASSES):
         if not CIFAR_ARCHIVE.is_file():
             pytest.skip(f"needs {CIFAR_ARCHIVE.name} in the shared data folder")
-        wanted = {f"train/{c}/000{i}.jpg" for c in CIFAR_CLASSES for i in range(10)}
+        wanted = {f"{s}/{c}/000{i}.jpg" for s in splits for c in CIFAR_CLASSES
+                  for i in range(10)}
         with tarfile.open(CIFAR_ARCHIVE) as archive:
             members = [m for m in archive if m.name.removeprefix("./") in wanted]
             archive.extractall(CIFAR_SUBSET, members=members, filter="data")
-    return root
+    return CIFAR_SUBSET
 
 
 def run_pretraining(overrides: dict, out="run", resume=None, stop_at=None):

@@ -1,0 +1,33 @@
+"""Frozen-encoder features of a labeled split."""
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from byol.data.labeled import LabeledLoader
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on a GPU (as in pretraining), nothing on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def extract_features(encoder: nn.Module, loader: LabeledLoader,
+                     on_batch: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor]:
+    """(features (N, D) fp32, labels (N,)) of every image of the loader's epoch, with the
+    encoder in eval mode (BatchNorm uses its running statistics). `on_batch` gets each
+    batch's size, for progress."""
+    encoder.eval()
+    features, labels = [], []
+    for images, batch_labels in loader:
+        with autocast_for(images.device):
+            features.append(encoder(images).float())
+        labels.append(batch_labels)
+        if on_batch is not None:
+            on_batch(len(batch_labels))
+    return torch.cat(features), torch.cat(labels)

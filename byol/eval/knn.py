@@ -1,0 +1,34 @@
+"""Weighted k-nearest-neighbour classification on l2-normalized features.
+
+Each query's k most cosine-similar training features vote for their class with weight
+exp(similarity / temperature) (as in Wu et al. 2018 and DINO); classes are ranked by their
+summed votes.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@torch.no_grad()
+def knn_scores(train_features: Tensor, train_labels: Tensor, query_features: Tensor,
+               num_classes: int, k: int = 200, temperature: float = 0.1,
+               chunk: int = 1024) -> Tensor:
+    """(Q, num_classes) vote totals for each query. Features (N, D) and (Q, D), any scale;
+    queries are processed `chunk` at a time to bound memory (chunk x N similarities)."""
+    train = F.normalize(train_features.float(), dim=1)
+    k = min(k, len(train))
+    scores = []
+    for queries in F.normalize(query_features.float(), dim=1).split(chunk):
+        similarity, index = (queries @ train.T).topk(k, dim=1)
+        votes = torch.zeros(len(queries), num_classes, device=queries.device)
+        votes.scatter_add_(1, train_labels[index], (similarity / temperature).exp())
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+def topk_accuracy(scores: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """{"top1": %, "top5": %}: how often the label is among the k best-scored classes."""
+    ranked = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices
+    hits = ranked == labels[:, None]
+    return {f"top{k}": 100.0 * hits[:, :k].any(dim=1).float().mean().item() for k in ks}

@@ -1,0 +1,102 @@
+"""A linear classifier on frozen features: the standard protocol for self-supervised encoders.
+
+SGD with Nesterov momentum 0.9, no weight decay, the lr following a cosine from its base value
+to 0 over all steps, as in the official BYOL evaluation. Two protocols:
+- full: every epoch sees new random resized crops and flips of the training images, passed
+  through the frozen encoder (BatchNorm in eval mode);
+- cached: center-crop features are extracted once and the classifier trains on them alone,
+  seconds on a GPU, for quick comparisons between checkpoints.
+"""
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from byol.eval.features import autocast_for
+
+
+@dataclass
+class LinearSettings:
+    """The classifier's training settings."""
+
+    epochs: int = 90
+    """Passes over the training split."""
+    batch_size: int = 256
+    """Images (or features) per step."""
+    lr: float = 0.1
+    """Base learning rate per 256 images (scaled linearly with the batch size)."""
+    momentum: float = 0.9
+    """Nesterov momentum."""
+    seed: int = 0
+    """Seed for the classifier's initialization and the order of cached features."""
+
+
+class LinearTrainer:
+    """A linear layer and its optimizer over `total_steps` cosine-scheduled steps."""
+
+    def __init__(self, feature_dim: int, num_classes: int, settings: LinearSettings,
+                 steps_per_epoch: int, device: torch.device):
+        torch.manual_seed(settings.seed)
+        self.classifier = nn.Linear(feature_dim, num_classes).to(device)
+        self.optimizer = torch.optim.SGD(
+            self.classifier.parameters(), lr=settings.lr * settings.batch_size / 256,
+            momentum=settings.momentum, nesterov=True, weight_decay=0.0)
+        total_steps = max(1, settings.epochs * steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
+
+    def step(self, features: Tensor, labels: Tensor) -> Tensor:
+        """One SGD step on a batch of features (B, D); returns the loss (a device tensor)."""
+        loss = F.cross_entropy(self.classifier(features.float()), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach()
+
+
+def train_on_features(features: Tensor, labels: Tensor, num_classes: int,
+                      settings: LinearSettings,
+                      on_epoch: Callable[[int], None] | None = None) -> nn.Linear:
+    """The cached protocol: a classifier trained on precomputed features (N, D)."""
+    steps_per_epoch = math.ceil(len(features) / settings.batch_size)
+    trainer = LinearTrainer(features.shape[1], num_classes, settings, steps_per_epoch,
+                            features.device)
+    generator = torch.Generator().manual_seed(settings.seed)
+    for epoch in range(settings.epochs):
+        order = torch.randperm(len(features), generator=generator).to(features.device)
+        for batch in order.split(settings.batch_size):
+            trainer.step(features[batch], labels[batch])
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
+    return trainer.classifier
+
+
+def train_on_images(encoder: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
+                    num_images: int, feature_dim: int, num_classes: int,
+                    settings: LinearSettings,
+                    on_epoch: Callable[[int], None] | None = None) -> nn.Linear:
+    """The full protocol: each epoch iterates `batches` (augmented images, labels) through the
+    frozen encoder and trains the classifier on the features."""
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    trainer = LinearTrainer(feature_dim, num_classes, settings,
+                            math.ceil(num_images / settings.batch_size), device)
+    for epoch in range(settings.epochs):
+        for images, labels in batches:
+            with torch.no_grad(), autocast_for(device):
+                features = encoder(images)
+            trainer.step(features, labels)
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
+    return trainer.classifier
+
+
+@torch.no_grad()
+def classify(classifier: nn.Linear, features: Tensor) -> Tensor:
+    """(N, classes) logits."""
+    return classifier(features.float())

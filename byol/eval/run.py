@@ -1,0 +1,143 @@
+"""The evaluations behind `byolctl eval knn` and `byolctl eval linear`.
+
+    byolctl eval knn    --checkpoint runs/r50/last.pt --data /datasets/imagenet
+    byolctl eval linear --checkpoint runs/r50/last.pt --data /datasets/imagenet
+
+Each returns a result dict (the numbers, the protocol and the data) that `record_result` also
+appends to the run folder's evaluations.jsonl.
+"""
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from byol.data.labeled import LabeledLoader, Split, eval_splits
+from byol.eval.encoder import load_encoder
+from byol.eval.features import extract_features
+from byol.eval.knn import knn_scores, topk_accuracy
+from byol.eval.linear import LinearSettings, classify, train_on_features, train_on_images
+
+EVALUATIONS_FILE = "evaluations.jsonl"
+PROTOCOLS = ("full", "cached")
+
+# on_progress(task, completed, total): a task's progress, e.g. ("train features", 512, 50000).
+Progress = Callable[[str, int, int], None]
+
+
+@dataclasses.dataclass
+class Setup:
+    """A frozen encoder on its device, and the data to evaluate it on."""
+
+    encoder: nn.Module
+    feature_dim: int
+    step: int
+    arch: str
+    train: Split
+    val: Split
+    image_size: int
+    device: torch.device
+
+
+def _setup(checkpoint: Path, data: str, image_size: int | None, device: str) -> Setup:
+    loaded = load_encoder(checkpoint)
+    target = torch.device(device)
+    encoder = loaded.encoder.to(target)
+    if target.type == "cuda":
+        encoder = encoder.to(memory_format=torch.channels_last)
+    encoder.requires_grad_(False)
+    train, val = eval_splits(data)
+    return Setup(encoder, loaded.feature_dim, loaded.step, loaded.config.model.arch, train,
+                 val, image_size or loaded.config.image_size, target)
+
+
+def _features(setup: Setup, split: Split, batch_size: int, workers: int,
+              on_progress: Progress | None):
+    loader = LabeledLoader(split, image_size=setup.image_size, batch_size=batch_size,
+                           augment=False, seed=0, workers=workers, device=setup.device)
+    done = 0
+
+    def on_batch(size: int) -> None:
+        nonlocal done
+        done += size
+        if on_progress is not None:
+            on_progress(f"{split.name} features", done, len(split))
+
+    return extract_features(setup.encoder, loader, on_batch)
+
+
+def _result(kind: str, checkpoint: Path, data: str, setup: Setup, settings: dict,
+            accuracy: dict[str, float], started: float) -> dict[str, Any]:
+    skipped = len(setup.train.skipped or []) + len(setup.val.skipped or [])
+    return {
+        "evaluation": kind, **accuracy,
+        "checkpoint": str(checkpoint), "step": setup.step, "arch": setup.arch,
+        "data": data, "classes": len(setup.train.classes),
+        "train_images": len(setup.train), "val_images": len(setup.val),
+        "val_split": setup.val.name, "skipped_images": skipped,
+        "image_size": setup.image_size, "device": str(setup.device), **settings,
+        "seconds": round(time.perf_counter() - started, 2),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def evaluate_knn(checkpoint: Path, data: str, *, k: int = 200, temperature: float = 0.1,
+                 batch_size: int = 256, image_size: int | None = None, device: str = "cpu",
+                 workers: int = 4, on_progress: Progress | None = None) -> dict[str, Any]:
+    """Weighted kNN top-1/top-5 (%) of the val split against the train split's features."""
+    started = time.perf_counter()
+    setup = _setup(checkpoint, data, image_size, device)
+    train_features, train_labels = _features(setup, setup.train, batch_size, workers,
+                                             on_progress)
+    val_features, val_labels = _features(setup, setup.val, batch_size, workers, on_progress)
+    scores = knn_scores(train_features, train_labels, val_features, len(setup.train.classes),
+                        k=k, temperature=temperature)
+    return _result("knn", checkpoint, data, setup, {"k": k, "temperature": temperature},
+                   topk_accuracy(scores, val_labels), started)
+
+
+def evaluate_linear(checkpoint: Path, data: str, *, protocol: str = "full",
+                    settings: LinearSettings | None = None, image_size: int | None = None,
+                    device: str = "cpu", workers: int = 4,
+                    on_progress: Progress | None = None) -> dict[str, Any]:
+    """Top-1/top-5 (%) on the val split of a linear classifier trained on frozen features."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}")
+    settings = settings or LinearSettings()
+    started = time.perf_counter()
+    setup = _setup(checkpoint, data, image_size, device)
+    num_classes = len(setup.train.classes)
+
+    def on_epoch(epoch: int) -> None:
+        if on_progress is not None:
+            on_progress("linear classifier epochs", epoch, settings.epochs)
+
+    if protocol == "cached":
+        features, labels = _features(setup, setup.train, settings.batch_size, workers,
+                                     on_progress)
+        classifier = train_on_features(features, labels, num_classes, settings, on_epoch)
+    else:
+        batches = LabeledLoader(setup.train, image_size=setup.image_size,
+                                batch_size=settings.batch_size, augment=True,
+                                seed=settings.seed, workers=workers, device=setup.device)
+        classifier = train_on_images(setup.encoder, batches, len(setup.train),
+                                     setup.feature_dim, num_classes, settings, on_epoch)
+    val_features, val_labels = _features(setup, setup.val, settings.batch_size, workers,
+                                         on_progress)
+    accuracy = topk_accuracy(classify(classifier, val_features), val_labels)
+    return _result("linear", checkpoint, data, setup,
+                   {"protocol": protocol, **dataclasses.asdict(settings)}, accuracy, started)
+
+
+def record_result(result: dict[str, Any], run_dir: Path) -> Path:
+    """Append `result` as one JSON line to the run folder's evaluations.jsonl."""
+    path = run_dir / EVALUATIONS_FILE
+    with path.open("a") as file:
+        file.write(json.dumps(result) + "\n")
+    return path

@@ -1,0 +1,162 @@
+"""Evaluation: features, kNN, the linear classifier, export, and the commands end to end."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from typer.testing import CliRunner
+
+from byol.config import ModelConfig
+from byol.data.labeled import LabeledLoader, eval_splits
+from byol.errors import UserError
+from byol.eval.encoder import load_encoder
+from byol.eval.features import extract_features
+from byol.eval.knn import knn_scores, topk_accuracy
+from byol.eval.linear import LinearSettings, classify, train_on_features
+from byol.models import create_encoder
+from byolctl.cli import app
+from tests.conftest import run_pretraining
+
+runner = CliRunner()
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A 2-step pretraining run on the demo data (ImageNet stem, so torchvision loads it)."""
+    out = tmp_path_factory.mktemp("pretrained") / "run"
+    run_pretraining({"arch": "resnet18", "image_size": 16, "batch_size": 16,
+                     "projector_hidden": 64, "projector_dim": 32, "steps": 2, "workers": 2,
+                     "device": "cpu", "small_stem": False}, out=out)
+    return out / "last.pt"
+
+
+# ----------------------------------------------------------------------------- features
+
+def test_features_cover_every_image_with_batchnorm_in_eval_mode(cifar_eval_folder):
+    encoder, feature_dim = create_encoder(ModelConfig(arch="resnet18", small_stem=True))
+    encoder.train()
+    stats_before = encoder.bn1.running_mean.clone()
+    _, val = eval_splits(str(cifar_eval_folder))
+    loader = LabeledLoader(val, image_size=32, batch_size=7, augment=False, seed=0, workers=1,
+                           device=CPU)
+    features, labels = extract_features(encoder, loader)
+    assert features.shape == (30, feature_dim) and features.dtype == torch.float32
+    assert sorted(labels.tolist()) == sorted(val.labels)
+    assert not encoder.training
+    assert torch.equal(encoder.bn1.running_mean, stats_before)
+
+
+def test_eval_data_needs_train_and_val_splits_with_the_same_classes(tmp_path, cifar_folder):
+    with pytest.raises(UserError, match="train/ and val/"):
+        eval_splits(str(tmp_path))
+    (tmp_path / "train").symlink_to(cifar_folder)
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "cat").symlink_to(cifar_folder / "cat")
+    with pytest.raises(UserError, match="different class folders"):
+        eval_splits(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- kNN
+
+def _brute_force_knn(train, train_labels, queries, num_classes, k, temperature):
+    scores = torch.zeros(len(queries), num_classes)
+    for q, query in enumerate(queries):
+        similarity = [(torch.nn.functional.cosine_similarity(query, x, dim=0).item(), y)
+                      for x, y in zip(train, train_labels.tolist())]
+        for value, label in sorted(similarity, reverse=True)[:k]:
+            scores[q, label] += torch.tensor(value / temperature).exp()
+    return scores
+
+
+def test_knn_matches_a_brute_force_reference():
+    generator = torch.Generator().manual_seed(0)
+    train = torch.randn(60, 8, generator=generator)
+    labels = torch.randint(0, 4, (60,), generator=generator)
+    queries = torch.randn(9, 8, generator=generator)
+    scores = knn_scores(train, labels, queries, 4, k=7, temperature=0.5, chunk=4)
+    torch.testing.assert_close(scores, _brute_force_knn(train, labels, queries, 4, 7, 0.5))
+
+
+def test_topk_accuracy_counts_labels_among_the_best_classes():
+    scores = torch.tensor([[0.1, 0.9, 0.0], [0.5, 0.2, 0.3], [0.0, 0.1, 0.9]])
+    labels = torch.tensor([1, 2, 0])
+    assert topk_accuracy(scores, labels, ks=(1, 2)) == pytest.approx(
+        {"top1": 100 / 3, "top2": 200 / 3})
+
+
+# ----------------------------------------------------------------------------- linear
+
+def test_a_linear_classifier_separates_separable_features():
+    generator = torch.Generator().manual_seed(0)
+    centers = 4 * torch.randn(5, 16, generator=generator)
+    labels = torch.arange(500) % 5
+    features = centers[labels] + torch.randn(500, 16, generator=generator)
+    classifier = train_on_features(features, labels, 5, LinearSettings(epochs=20, batch_size=64))
+    accuracy = topk_accuracy(classify(classifier, features), labels)
+    assert accuracy["top1"] > 98
+
+
+# ----------------------------------------------------------------------------- export
+
+def test_an_export_loads_into_torchvision_with_only_fc_missing(checkpoint, tmp_path):
+    out = tmp_path / "encoder.pt"
+    result = runner.invoke(app, ["export", "--checkpoint", str(checkpoint), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    model = torchvision.models.resnet18()
+    missing, unexpected = model.load_state_dict(torch.load(out, weights_only=True),
+                                                strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    encoder = load_encoder(checkpoint).encoder
+    torch.testing.assert_close(model.layer4[1].conv2.weight, encoder.layer4[1].conv2.weight)
+
+
+def test_an_export_holds_only_the_encoder(checkpoint, tmp_path):
+    out = tmp_path / "encoder.pt"
+    runner.invoke(app, ["export", "--checkpoint", str(checkpoint), "--out", str(out)])
+    weights = sum(v.numel() for v in torch.load(out, weights_only=True).values())
+    assert out.stat().st_size < 5 * weights  # no flat buffers of the whole model inside
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line_and_exit_2(tmp_path):
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_text("not a checkpoint")
+    for command in (["export", "--out", str(tmp_path / "x.pt")], ["eval", "knn"]):
+        result = runner.invoke(app, [*command, "--checkpoint", str(bogus)])
+        assert result.exit_code == 2
+        assert "not a loadable checkpoint" in result.output
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def test_pretrain_then_eval_knn_and_linear_write_their_numbers(checkpoint, tmp_path):
+    commands = {
+        "knn": ["eval", "knn", "--k", "20"],
+        "cached": ["eval", "linear", "--protocol", "cached", "--epochs", "3"],
+        "full": ["eval", "linear", "--protocol", "full", "--epochs", "1"],
+    }
+    for name, command in commands.items():
+        json_file = tmp_path / f"{name}.json"
+        result = runner.invoke(app, [*command, "--checkpoint", str(checkpoint), "--data",
+                                     "demo", "--workers", "2", "--json", str(json_file)])
+        assert result.exit_code == 0, result.output
+        numbers = json.loads(json_file.read_text())
+        assert 10 < numbers["top1"] <= 100 and numbers["top1"] <= numbers["top5"]
+        assert (numbers["step"], numbers["train_images"], numbers["val_images"]) == (2, 10000,
+                                                                                    2000)
+    recorded = (checkpoint.parent / "evaluations.jsonl").read_text().splitlines()
+    assert [json.loads(line).get("protocol", "knn") for line in recorded][-3:] == [
+        "knn", "cached", "full"]
+
+
+def test_eval_on_an_image_folder(checkpoint, cifar_eval_folder, tmp_path):
+    json_file = tmp_path / "knn.json"
+    result = runner.invoke(app, ["eval", "knn", "--checkpoint", str(checkpoint), "--data",
+                                 str(cifar_eval_folder), "--k", "5", "--workers", "1",
+                                 "--json", str(json_file)])
+    assert result.exit_code == 0, result.output
+    numbers = json.loads(json_file.read_text())
+    assert (numbers["train_images"], numbers["val_images"], numbers["classes"]) == (30, 30, 3)
+    assert numbers["val_split"] == "test"
