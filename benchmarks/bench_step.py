@@ -34,7 +34,7 @@ def flops_per_image(config: ModelConfig, image_size: int) -> int:
     views = torch.randn(2, 3, image_size, image_size)
     model = BYOL(config).eval()
     with FlopCounterMode(display=False) as online:
-        model.predictor(model.online(views))
+        model.predictor(model.online(views)[1])
     with FlopCounterMode(display=False) as target:
         model.target(views)
     per_view = 3 * online.get_total_flops() + target.get_total_flops()

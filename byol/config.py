@@ -75,10 +75,17 @@ class PretrainConfig:
     """Write a checkpoint every this many steps (and always at the end)."""
     keep_checkpoints: int = 3
     """How many step checkpoints to keep besides `last.pt`."""
+    probe: bool | None = None
+    """Train a linear probe on detached features (default: when the data has labels)."""
+    knn_every: int | None = None
+    """Steps between kNN monitors, 0 for none (default: once an epoch, with `knn_data`)."""
+    knn_data: str | None = None
+    """Evaluation data for the kNN monitor (default: see `byol.monitors.held_out_data`)."""
 
 
 RUNTIME_FIELDS = frozenset({"device", "kernels", "compile", "workers", "strict",
-                            "checkpoint_every", "keep_checkpoints"})
+                            "checkpoint_every", "keep_checkpoints", "probe", "knn_every",
+                            "knn_data"})
 MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 TOP_FIELDS = frozenset(f.name for f in dataclasses.fields(PretrainConfig)) - {"model"}
 PRECISIONS = ("bf16", "fp32")

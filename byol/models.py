@@ -61,15 +61,17 @@ def mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
 
 
 class ProjectionNetwork(nn.Module):
-    """Encoder f followed by projector g: (B, 3, H, W) -> (B, projector_dim)."""
+    """Encoder f followed by projector g: (B, 3, H, W) -> (features (B, feature_dim),
+    projection (B, projector_dim)). The features feed the monitors (byol.monitors)."""
 
     def __init__(self, encoder: nn.Module, projector: nn.Module):
         super().__init__()
         self.encoder = encoder
         self.projector = projector
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.projector(self.encoder(images))
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.encoder(images)
+        return features, self.projector(features)
 
 
 class BYOL(nn.Module):
@@ -81,6 +83,7 @@ class BYOL(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         encoder, feature_dim = create_encoder(config)
+        self.feature_dim = feature_dim
         projector = mlp_head(feature_dim, config.projector_hidden, config.projector_dim)
         self.online = ProjectionNetwork(encoder, projector)
         self.predictor = mlp_head(

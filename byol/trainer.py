@@ -29,6 +29,7 @@ from byol.errors import UserError
 from byol.flat import flatten_parameters_
 from byol.metrics import MetricsLog
 from byol.models import BYOL
+from byol.monitors import KnnMonitor, LinearProbe, held_out_data
 from byol.optim import LARS
 from byol.schedules import learning_rates, target_ema_rates
 
@@ -77,6 +78,7 @@ class Trainer:
             momentum=config.momentum, eta=config.lars_eta, backend=config.kernels,
         )
         self.target_params = flatten_parameters_(list(self.model.target.parameters()))
+        self.probe, self.knn_monitor, self.knn_every = self._build_monitors()
         peak_lr = config.lr * config.batch_size / 256
         warmup_steps = round(config.warmup_epochs * self.loader.steps_per_epoch)
         self.lr_schedule = learning_rates(peak_lr, warmup_steps, self.total_steps).tolist()
@@ -102,13 +104,13 @@ class Trainer:
             group["lr"] = lr
 
         with self.autocast:
-            projection_1 = self.online_forward(batch.view1)  # (B, projector_dim)
-            projection_2 = self.online_forward(batch.view2)
+            features_1, projection_1 = self.online_forward(batch.view1)  # (B, D), (B, P)
+            _, projection_2 = self.online_forward(batch.view2)
             prediction_1 = self.model.predictor(projection_1)
             prediction_2 = self.model.predictor(projection_2)
             with torch.no_grad():
-                target_1 = self.target_forward(batch.view1)
-                target_2 = self.target_forward(batch.view2)
+                _, target_1 = self.target_forward(batch.view1)
+                _, target_2 = self.target_forward(batch.view2)
             loss = ops.byol_loss(prediction_1, prediction_2, target_1, target_2,
                                  backend=self.config.kernels)
 
@@ -122,7 +124,42 @@ class Trainer:
         # Collapse signal: per-dimension std of l2-normalized projections; 1/sqrt(dim) is
         # healthy, 0 means every image maps to the same point.
         collapse_std = F.normalize(projection_1.detach().float(), dim=1).std(dim=0).mean()
-        return {"loss": loss.detach(), "collapse_std": collapse_std}
+        metrics = {"loss": loss.detach(), "collapse_std": collapse_std}
+        if self.probe is not None:
+            metrics.update(self.probe.step(features_1, batch.labels))
+        return metrics
+
+    # ----------------------------------------------------------------------------- monitors
+
+    def _build_monitors(self) -> tuple[LinearProbe | None, KnnMonitor | None, int]:
+        """The linear probe and kNN monitor this run asks for (see `byol.monitors`)."""
+        config, classes = self.config, getattr(self.loader, "classes", None)
+        probe = None
+        if config.probe or (config.probe is None and classes):
+            if not classes:
+                raise UserError(f"--probe needs labeled data, and --data {config.data} has "
+                                "none; use an image folder, shards or demo.")
+            probe = LinearProbe(self.model.feature_dim, len(classes), config.seed)
+            probe = probe.to(self.device)
+        knn_data = config.knn_data or held_out_data(config.data)
+        if config.knn_every and not knn_data:
+            raise UserError("--knn-every needs held-out data; pass --knn-data with a folder "
+                            "holding train/ and val/.")
+        every = config.knn_every if config.knn_every is not None else (
+            self.loader.steps_per_epoch if knn_data else 0)
+        if not every:
+            return probe, None, 0
+        monitor = KnnMonitor(knn_data, image_size=config.image_size,
+                             batch_size=config.batch_size, workers=config.workers,
+                             device=self.device, seed=config.seed)
+        return probe, monitor, every
+
+    def _knn(self) -> dict[str, torch.Tensor]:
+        """Run the kNN monitor on the online encoder, then go back to training mode."""
+        accuracy = self.knn_monitor.evaluate(self.model.online.encoder)
+        self.model.train()
+        return {name: torch.tensor(value, device=self.device) for name, value in
+                accuracy.items()}
 
     # ----------------------------------------------------------------------------- the loop
 
@@ -153,6 +190,11 @@ class Trainer:
             try:
                 while self.step < self.total_steps and not self._stop.is_set():
                     pending.append((self.step, self.train_step(next(batches))))
+                    if self.knn_monitor is not None and (
+                            self.step % self.knn_every == 0 or self.step == self.total_steps):
+                        started = time.perf_counter()
+                        pending[-1][1].update(self._knn())
+                        window_start += time.perf_counter() - started  # not training time
                     at_checkpoint = self.step % self.config.checkpoint_every == 0
                     if at_checkpoint or time.perf_counter() - window_start >= FLUSH_SECONDS:
                         flush()
@@ -179,11 +221,13 @@ class Trainer:
 
         A non-finite loss ends the run here, before a checkpoint could save its state.
         """
-        values = torch.stack([torch.stack(list(m.values())) for _, m in pending]).tolist()
-        names = list(pending[0][1])
-        for (step, _), row in zip(pending, values):
+        values = torch.cat([torch.stack([v.float() for v in m.values()])
+                            for _, m in pending]).tolist()
+        offset = 0
+        for step, metrics in pending:
+            row, offset = values[offset:offset + len(metrics)], offset + len(metrics)
             record = {"step": step + 1, "epoch": (step + 1) / self.loader.steps_per_epoch,
-                      **dict(zip(names, row)), "lr": self.lr_schedule[step],
+                      **dict(zip(metrics, row)), "lr": self.lr_schedule[step],
                       "tau": self.tau_schedule[step], "images_per_s": images_per_s}
             log.write(record)
             if not math.isfinite(record["loss"]):
@@ -212,6 +256,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "data": self.loader.state_dict(),
             "rng": rng,
+            **({"probe": self.probe.state_dict()} if self.probe is not None else {}),
         }
 
     def save(self) -> Path:
@@ -224,6 +269,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.loader.load_state_dict(state["data"])
+        if self.probe is not None and "probe" in state:
+            self.probe.load_state_dict(state["probe"])
         self.step = state["step"]
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.device.type == "cuda":

@@ -27,10 +27,13 @@ from byolctl.options import (
     ImageSizeOpt,
     KeepOpt,
     KernelsOpt,
+    KnnDataOpt,
+    KnnEveryOpt,
     LrOpt,
     OutOpt,
     PrecisionOpt,
     PresetOpt,
+    ProbeOpt,
     ResumeOpt,
     SeedOpt,
     SmallStemOpt,
@@ -97,6 +100,9 @@ def pretrain(
     strict: StrictOpt = None,
     checkpoint_every: CheckpointEveryOpt = None,
     keep_checkpoints: KeepOpt = None,
+    probe: ProbeOpt = None,
+    knn_every: KnnEveryOpt = None,
+    knn_data: KnnDataOpt = None,
     config: ConfigOpt = None,
 ):
     """Pretrain an encoder with BYOL. With no options: the demo preset on the built-in data."""
@@ -150,9 +156,12 @@ def pretrain(
                       f"({summary.checkpoint}).")
         return
     record = summary.last_record
+    monitors = "".join(f", {label} {record[key]:.1f}%" for key, label in
+                       (("probe_top1", "probe top-1"), ("knn_top1", "kNN top-1")) if key in record)
     console.print(f"Done: {summary.step} steps, loss {record['loss']:.4f}, collapse std "
                   f"{record['collapse_std']:.4f} (healthy near "
-                  f"{cfg.model.projector_dim ** -0.5:.4f}). Checkpoint: {summary.checkpoint}")
+                  f"{cfg.model.projector_dim ** -0.5:.4f}){monitors}. "
+                  f"Checkpoint: {summary.checkpoint}")
 
 
 def main() -> None:

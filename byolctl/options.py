@@ -90,5 +90,14 @@ CheckpointEveryOpt = Annotated[Optional[int], typer.Option(
 KeepOpt = Annotated[Optional[int], typer.Option(
     "--keep-checkpoints", help="Step checkpoints to keep (last.pt names the newest).",
     show_default=False)]
+ProbeOpt = Annotated[Optional[bool], typer.Option(
+    "--probe/--no-probe", help="Train a linear probe on detached features alongside, logged "
+    "as probe_top1 \\[default: on when the data has labels].", show_default=False)]
+KnnEveryOpt = Annotated[Optional[int], typer.Option(
+    "--knn-every", help="Steps between kNN checks on held-out data, 0 for none, logged as "
+    "knn_top1 \\[default: once an epoch when held-out data is found].", show_default=False)]
+KnnDataOpt = Annotated[Optional[str], typer.Option(
+    "--knn-data", help="Held-out data for the kNN check: a folder with train/ and val/ "
+    "\\[default: demo for demo, DIR for a DIR/train beside a DIR/val].", show_default=False)]
 ConfigOpt = Annotated[Optional[Path], typer.Option(
     "--config", help="YAML or TOML file of settings (flags override it).", show_default=False)]

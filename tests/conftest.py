@@ -31,6 +31,7 @@ TINY = {
     "steps": 6,
     "workers": 0,
     "device": "cpu",
+    "knn_every": 0,  # the kNN monitor has its own tests
 }
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -14,7 +14,7 @@ from byolctl.cli import app
 
 runner = CliRunner()
 TINY_FLAGS = ["--arch", "resnet18", "--image-size", "16", "--batch-size", "8", "--steps", "3",
-              "--workers", "0", "--device", "cpu"]
+              "--workers", "0", "--device", "cpu", "--knn-every", "0"]
 
 
 def test_help_lists_pretrain_and_pretrain_help_ends_with_an_example():

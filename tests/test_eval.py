@@ -29,7 +29,7 @@ def checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pretrained") / "run"
     run_pretraining({"arch": "resnet18", "image_size": 16, "batch_size": 16,
                      "projector_hidden": 64, "projector_dim": 32, "steps": 2, "workers": 2,
-                     "device": "cpu", "small_stem": False}, out=out)
+                     "device": "cpu", "small_stem": False, "knn_every": 0}, out=out)
     return out / "last.pt"
 
 

@@ -1,0 +1,108 @@
+"""Signals of representation quality during pretraining, when the data has labels.
+
+- LinearProbe: a linear classifier trained at every step on the online encoder's detached
+  features of the first view; its loss and batch accuracy are logged. It never changes BYOL's
+  training: no gradient reaches the encoder, and it has its own optimizer.
+- KnnMonitor: every few steps, weighted kNN top-1/top-5 of the online encoder on a held-out
+  split (see `byol.eval`), on at most a fixed subset of images so that it stays cheap.
+"""
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from byol.data.labeled import LabeledLoader, Split, eval_splits
+from byol.eval.features import extract_features
+from byol.eval.knn import knn_scores, topk_accuracy
+
+# The probe's SGD settings: those of common online probes (solo-learn's, for one).
+PROBE_LR = 0.1
+PROBE_MOMENTUM = 0.9
+# Images of each split the kNN monitor uses at most: enough for a stable number, cheap enough
+# to run every epoch.
+KNN_TRAIN_IMAGES = 10_000
+KNN_VAL_IMAGES = 5_000
+KNN_K = 20  # neighbours: fewer than eval's 200, to suit the smaller bank
+KNN_TEMPERATURE = 0.1
+
+
+class LinearProbe(nn.Module):
+    """A linear classifier on detached features, with its own SGD optimizer."""
+
+    def __init__(self, feature_dim: int, num_classes: int, seed: int):
+        super().__init__()
+        # Its initialization must not shift the random stream BYOL's training draws from.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.classifier = nn.Linear(feature_dim, num_classes)
+        self.optimizer = torch.optim.SGD(self.classifier.parameters(), lr=PROBE_LR,
+                                         momentum=PROBE_MOMENTUM, nesterov=True)
+
+    def step(self, features: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """Train one step on (B, D) features; returns its loss and batch top-1 (%) as device
+        tensors."""
+        logits = self.classifier(features.detach().float())
+        loss = F.cross_entropy(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        top1 = (logits.argmax(dim=1) == labels).float().mean() * 100
+        return {"probe_loss": loss.detach(), "probe_top1": top1.detach()}
+
+    def state_dict(self, *args, **kwargs) -> dict:
+        return {"classifier": self.classifier.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        self.classifier.load_state_dict(state["classifier"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def held_out_data(data: str) -> str | None:
+    """The evaluation dataset that goes with a pretraining source, if one is at hand: `demo`
+    for the demo data, and for a folder named train/, its parent when a val/ or test/ folder
+    sits beside it."""
+    if data == "demo":
+        return "demo"
+    path = Path(data)
+    if path.name == "train" and any((path.parent / s).is_dir() for s in ("val", "test")):
+        return str(path.parent)
+    return None
+
+
+def _subset(split: Split, limit: int, seed: int) -> Split:
+    """At most `limit` images of a split, chosen at random once (the same every time)."""
+    if len(split) <= limit:
+        return split
+    keep = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:limit]
+    keep = keep.sort().values
+    if split.files is not None:
+        return Split(split.name, split.classes, files=[split.files[i] for i in keep],
+                     labels=[split.labels[i] for i in keep])
+    return Split(split.name, split.classes, images=split.images[keep],
+                 image_labels=split.image_labels[keep])
+
+
+class KnnMonitor:
+    """kNN accuracy of an encoder on (subsets of) an evaluation dataset's two splits."""
+
+    def __init__(self, data: str, *, image_size: int, batch_size: int, workers: int,
+                 device: torch.device, seed: int):
+        train, val = eval_splits(data)
+        self.data = data
+        self.num_classes = len(train.classes)
+        common = dict(image_size=image_size, batch_size=batch_size, augment=False, seed=seed,
+                      workers=workers, device=device)
+        self.train_loader = LabeledLoader(_subset(train, KNN_TRAIN_IMAGES, seed), **common)
+        self.val_loader = LabeledLoader(_subset(val, KNN_VAL_IMAGES, seed), **common)
+
+    def evaluate(self, encoder: nn.Module) -> dict[str, float]:
+        """{"knn_top1": %, "knn_top5": %}. Leaves the encoder in eval mode."""
+        train_features, train_labels = extract_features(encoder, self.train_loader)
+        val_features, val_labels = extract_features(encoder, self.val_loader)
+        scores = knn_scores(train_features, train_labels, val_features, self.num_classes,
+                            k=KNN_K, temperature=KNN_TEMPERATURE)
+        accuracy = topk_accuracy(scores, val_labels)
+        return {"knn_top1": accuracy["top1"], "knn_top5": accuracy["top5"]}

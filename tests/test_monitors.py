@@ -1,0 +1,50 @@
+"""The linear probe and the kNN monitor during pretraining."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from byol.errors import UserError
+from byol.monitors import held_out_data
+from byol.pretrain import prepare_run
+from tests.conftest import run_pretraining
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").open()]
+
+
+def test_a_labeled_folder_gets_a_probe_every_step_and_knn_each_epoch(tiny, cifar_eval_folder):
+    # 30 training images in batches of 8: 3 steps an epoch, so kNN at step 3 and at the end.
+    settings = {**tiny, "data": str(cifar_eval_folder / "train"), "steps": 4}
+    del settings["knn_every"]
+    trainer, summary, _ = run_pretraining(settings)
+    records = _records("run")
+    assert all(0 <= r["probe_top1"] <= 100 and r["probe_loss"] > 0 for r in records)
+    assert [r["step"] for r in records if "knn_top1" in r] == [3, 4]
+    assert all(0 <= r["knn_top1"] <= r["knn_top5"] <= 100 for r in records if "knn_top1" in r)
+    assert trainer.model.training  # back to training mode after the kNN check
+
+
+def test_the_probe_does_not_change_byol_training(tiny):
+    run_pretraining({**tiny, "probe": True}, out="with")
+    run_pretraining({**tiny, "probe": False}, out="without")
+    with_probe, without = _records("with"), _records("without")
+    assert "probe_top1" in with_probe[0] and "probe_top1" not in without[0]
+    assert [r["loss"] for r in with_probe] == [r["loss"] for r in without]
+
+
+def test_monitors_need_labels_or_held_out_data(tiny):
+    with pytest.raises(UserError, match="--probe needs labeled data"):
+        prepare_run(None, {**tiny, "data": "random", "probe": True}, Path("a"), None)
+    with pytest.raises(UserError, match="--knn-every needs held-out data"):
+        prepare_run(None, {**tiny, "data": "random", "knn_every": 5}, Path("b"), None)
+
+
+def test_held_out_data_is_found_beside_a_train_folder(cifar_eval_folder, tmp_path):
+    assert held_out_data("demo") == "demo"
+    assert held_out_data(str(cifar_eval_folder / "train")) == str(cifar_eval_folder)
+    (tmp_path / "train").mkdir()
+    assert held_out_data(str(tmp_path / "train")) is None
+    assert held_out_data("random") is None
