@@ -74,3 +74,14 @@ def test_a_fused_run_tracks_an_eager_run_on_the_gpu(tiny):
     eager = _losses({**settings, "kernels": "eager"}, "eager")
     fused = _losses({**settings, "kernels": "fused"}, "fused")
     assert fused == pytest.approx(eager, rel=1e-2)
+
+
+def test_evaluation_runs_on_the_gpu(tiny):
+    from byol.eval.linear import LinearSettings
+    from byol.eval.run import evaluate_knn, evaluate_linear
+
+    _losses({**tiny, "device": "cuda", "steps": 2}, "run")
+    knn = evaluate_knn(Path("run/last.pt"), "demo", k=20, device="cuda", workers=2)
+    linear = evaluate_linear(Path("run/last.pt"), "demo", protocol="full", device="cuda",
+                             settings=LinearSettings(epochs=1), workers=2)
+    assert knn["top1"] > 10 and linear["top1"] > 10

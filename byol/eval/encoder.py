@@ -60,6 +60,8 @@ def export_backbone(checkpoint: Path, out: Path) -> tuple[PretrainConfig, int, s
     """
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name such as {out / 'encoder.pt'}.")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: the folder {out.parent} does not exist; create it first.")
     loaded = load_encoder(checkpoint)
     atomic_save(backbone_state_dict(loaded.encoder), out)
     return loaded.config, loaded.step, torchvision_builder(loaded.config)

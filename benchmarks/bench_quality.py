@@ -1,0 +1,134 @@
+"""Representation quality: BYOL on CIFAR-10, then kNN and linear top-1, against the same
+network at random init.
+
+    python benchmarks/bench_quality.py --epochs 100                      # on a GPU, 32 px
+    python benchmarks/bench_quality.py --device cpu --epochs 3 --image-size 16 \
+        --train-images 10000 --val-images 2000                           # a short CPU run
+
+Uses the CIFAR-10 JPEGs of the shared data folder (unpacked once into .cache/cifar10/):
+ResNet-18 with the small stem and the `cifar` preset (lr 1.0 per 256, wd 1e-5, LARS eta 0.02,
+tau_base 0.99). The step-0 checkpoint is the random-init baseline. kNN is weighted (k=200,
+T=0.1; k=20 on small subsets); the linear classifier uses the cached protocol. Records epochs,
+pretraining wall time and the accuracies in benchmarks/results/. The GPU target: kNN top-1 of
+at least 85% after 100 epochs.
+"""
+
+import argparse
+import shutil
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import environment, save_result  # noqa: E402
+
+from byol.eval.linear import LinearSettings  # noqa: E402
+from byol.eval.run import evaluate_knn, evaluate_linear  # noqa: E402
+from byol.pretrain import prepare_run  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+CACHE = REPO / ".cache"
+
+
+def cifar10() -> Path:
+    """The unpacked CIFAR-10 folder (train/ and test/), unpacking it the first time."""
+    root = CACHE / "cifar10"
+    if not (root / "test").is_dir():
+        if not ARCHIVE.is_file():
+            sys.exit(f"CIFAR-10 not found: expected {ARCHIVE}")
+        with tarfile.open(ARCHIVE) as archive:
+            archive.extractall(root, filter="data")
+    return root
+
+
+def subset(root: Path, train_images: int | None, val_images: int | None) -> Path:
+    """An evaluation folder of at most that many images per split, balanced over the classes,
+    as links to the full dataset; the full dataset when no limit is given."""
+    if train_images is None and val_images is None:
+        return root
+    folder = CACHE / f"cifar10-{train_images or 'all'}-{val_images or 'all'}"
+    if not folder.is_dir():
+        staging = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        for split, limit in (("train", train_images), ("test", val_images)):
+            classes = sorted(d for d in (root / split).iterdir() if d.is_dir())
+            for class_dir in classes:
+                files = sorted(class_dir.glob("*.jpg"))
+                if limit is not None:
+                    files = files[:limit // len(classes)]
+                (staging / split / class_dir.name).mkdir(parents=True)
+                for file in files:
+                    (staging / split / class_dir.name / file.name).symlink_to(file)
+        staging.rename(folder)
+    return folder
+
+
+def evaluate(checkpoint: Path, data: Path, args, k: int, device: str) -> dict[str, float]:
+    common = dict(image_size=args.image_size, device=device, workers=args.workers)
+    knn = evaluate_knn(checkpoint, str(data), k=k, **common)
+    linear = evaluate_linear(checkpoint, str(data), protocol="cached",
+                             settings=LinearSettings(epochs=args.linear_epochs), **common)
+    return {"knn_top1": knn["top1"], "knn_top5": knn["top5"], "linear_top1": linear["top1"],
+            "linear_top5": linear["top5"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--warmup-epochs", type=float,
+                        help="default: 10, or a tenth of the run if that is shorter")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--train-images", type=int, help="use a balanced subset")
+    parser.add_argument("--val-images", type=int, help="use a balanced subset")
+    parser.add_argument("--linear-epochs", type=int, default=100)
+    parser.add_argument("--device", choices=["cuda", "cpu"],
+                        default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    data = subset(cifar10(), args.train_images, args.val_images)
+    run_dir = CACHE / "bench-quality" / time.strftime("%Y%m%d-%H%M%S")
+    overrides = {"data": str(data / "train"), "arch": "resnet18", "small_stem": True,
+                 "image_size": args.image_size, "batch_size": args.batch_size,
+                 "epochs": args.epochs, "device": args.device,
+                 "warmup_epochs": args.warmup_epochs or min(10.0, args.epochs / 10),
+                 "workers": args.workers, "seed": args.seed, "knn_every": 0, "probe": False}
+    trainer, _ = prepare_run("cifar", overrides, run_dir, None)
+    init = run_dir / "init.pt"
+    shutil.copyfile(trainer.save(), init)  # step 0: the random-init baseline
+
+    started = time.perf_counter()
+    summary = trainer.fit()
+    pretrain_seconds = time.perf_counter() - started
+    k = 200 if (args.train_images or 50_000) >= 20_000 else 20
+    trained = evaluate(summary.checkpoint, data, args, k, args.device)
+    random_init = evaluate(init, data, args, k, args.device)
+
+    result = {
+        "benchmark": "representation quality (CIFAR-10)",
+        **environment(trainer.device),
+        "arch": "resnet18 (small stem)", "preset": "cifar", "epochs": args.epochs,
+        "warmup_epochs": trainer.config.warmup_epochs,
+        "steps": summary.step, "image_size": args.image_size, "batch_size": args.batch_size,
+        "train_images": trainer.loader.num_images, "knn_k": k,
+        "linear": f"cached protocol, {args.linear_epochs} epochs",
+        "pretrain_seconds": round(pretrain_seconds, 1),
+        "final_loss": summary.last_record["loss"] if summary.last_record else None,
+        "trained": trained, "random_init": random_init,
+        "knn_gain": trained["knn_top1"] - random_init["knn_top1"],
+        "linear_gain": trained["linear_top1"] - random_init["linear_top1"],
+    }
+    for key, value in result.items():
+        print(f"{key:>18}: {value}")
+    slug = f"quality-cifar10-{args.epochs}ep-{args.image_size}px-{trainer.device.type}"
+    print(f"saved {save_result(slug, result)}")
+
+
+if __name__ == "__main__":
+    main()
