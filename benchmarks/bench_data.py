@@ -4,12 +4,12 @@
     python benchmarks/bench_data.py --data .cache/cifar10/train --image-size 32 --device cpu
 
 Each image yields two views; the rate counts images. Batches are moved to the training device
-as the trainer receives them. Writes the result to benchmarks/results/.
+as the trainer receives them (see `byol.profiling.step.time_data`). Writes the result to
+benchmarks/results/.
 """
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import environment, save_result  # noqa: E402
 
 from byol.config import PretrainConfig  # noqa: E402
-from byol.data import build_loader  # noqa: E402
+from byol.profiling.step import time_data  # noqa: E402
 
 
 def main() -> None:
@@ -33,29 +33,16 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="timed batches")
     args = parser.parse_args()
 
-    device = torch.device(args.device)
     config = PretrainConfig(data=args.data, image_size=args.image_size,
                             batch_size=args.batch_size, workers=args.workers, device=args.device)
-    loader = build_loader(config, device)
-    batches = iter(loader)
-    for _ in range(args.warmup):
-        next(batches)
-    start = time.perf_counter()
-    for _ in range(args.batches):
-        batch = next(batches)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-
     result = {
         "benchmark": "two-view data pipeline",
-        **environment(device),
-        "data": args.data, "images_in_data": loader.num_images,
-        "image_size": args.image_size, "batch_size": args.batch_size, "threads": args.workers,
-        "timed_batches": args.batches, "view_shape": list(batch.view1.shape),
-        "images_per_s": args.batches * args.batch_size / seconds,
+        **environment(torch.device(args.device)),
+        "data": args.data, "image_size": args.image_size, "batch_size": args.batch_size,
+        "threads": args.workers, "timed_batches": args.batches,
+        "images_per_s": time_data(config, args.warmup, args.batches),
     }
-    path = save_result(f"data-{args.image_size}px-{device.type}", result)
+    path = save_result(f"data-{args.image_size}px-{args.device}", result)
     for key, value in result.items():
         print(f"{key:>16}: {value}")
     print(f"saved {path}")

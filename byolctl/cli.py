@@ -45,6 +45,7 @@ from byolctl.options import (
     WidthOpt,
     WorkersOpt,
 )
+from byolctl.profile_command import profile
 from byolctl.render import console, print_error, training_progress
 
 app = typer.Typer(
@@ -58,6 +59,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
 app.command("export", epilog="Example: byolctl export --checkpoint runs/r50/last.pt "
             "--out r50-byol.pt")(exits_cleanly(export))
+app.command("profile", epilog="Example: byolctl profile --arch resnet50 --batch-size 256 "
+            "--json profile.json --plot profile.png")(exits_cleanly(profile))
 def _print_version(value: bool) -> None:
     if value:
         console.print(f"byolctl {__version__}")

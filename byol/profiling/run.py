@@ -1,0 +1,140 @@
+"""`byolctl profile`: the hot operations per implementation, whole steps with eager and fused
+kernels with and without torch.compile, and optionally the data pipeline, in one result.
+
+    byolctl profile --arch resnet50 --batch-size 256 --image-size 224 --precision bf16
+
+Compared with DESIGN's targets where they were measured. What cannot be measured on this
+machine (fused kernels without a GPU, ...) is listed in the result's `not_measured`.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from byol.presets import resolve_config
+from byol.profiling.environment import bf16_peak, environment
+from byol.profiling.ops import byol_shapes, profile_ops, rows_as_dicts
+from byol.profiling.step import flops_per_image, time_data, time_steps
+
+# DESIGN's targets for the fused kernels: (least share of copy bandwidth, baseline, least
+# speedup over that baseline).
+KERNEL_TARGETS = {"ema": (0.85, "foreach", 1.0), "lars": (0.80, "foreach", 3.0),
+                  "loss": (None, "eager", 2.0)}
+STEP_TARGET_IMAGES_PER_S = 1800  # ResNet-50, 224 px, bf16, batch 256, one H100
+
+
+@dataclass
+class ProfileSettings:
+    """What to profile."""
+
+    arch: str = "resnet50"
+    projector_hidden: int = 4096
+    projector_dim: int = 256
+    """Width of the projections, and so of the loss's inputs."""
+    batch_size: int = 256
+    image_size: int = 224
+    precision: str = "bf16"
+    steps: int = 20
+    """Timed training steps per variant (after `warmup` untimed ones)."""
+    warmup: int = 5
+    device: str = "cuda"
+    compile: bool = True
+    """Include torch.compile variants (compiled foreach, compiled loss, compiled steps)."""
+    data: str | None = None
+    """Also time the two-view DALI pipeline on this source."""
+    workers: int = 8
+
+
+def profile(settings: ProfileSettings,
+            on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run every measurement; returns a JSON-ready result. `on_stage` hears what runs next."""
+    def stage(text: str) -> None:
+        if on_stage is not None:
+            on_stage(text)
+
+    device = torch.device(settings.device)
+    fused = device.type == "cuda"
+    not_measured = []
+    if not fused:
+        not_measured.append("fused kernels: they need a CUDA GPU")
+    if not settings.compile:
+        not_measured.append("torch.compile variants: turned off (--no-compile)")
+    loss_dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float32
+    shapes = byol_shapes(settings.arch, settings.projector_hidden, settings.projector_dim)
+
+    stage("the hot operations")
+    loss_shape = (settings.batch_size, settings.projector_dim)
+    copy_gb_per_s, op_rows = profile_ops(shapes, loss_shape, loss_dtype, device, fused=fused,
+                                         compiled=settings.compile)
+    base = {"data": "random", "arch": settings.arch, "image_size": settings.image_size,
+            "projector_hidden": settings.projector_hidden,
+            "projector_dim": settings.projector_dim,
+            "batch_size": settings.batch_size, "precision": settings.precision,
+            "device": settings.device, "steps": settings.warmup + settings.steps,
+            "small_stem": settings.image_size <= 64, "workers": settings.workers,
+            "probe": False, "knn_every": 0}
+    steps = []
+    for kernels in ("eager", "fused") if fused else ("eager",):
+        for compiled in (False, True) if settings.compile else (False,):
+            stage(f"training steps: {kernels} kernels, "
+                  f"{'compiled' if compiled else 'not compiled'}")
+            config = resolve_config(None, {**base, "kernels": kernels, "compile": compiled})
+            steps.append(dataclasses.asdict(time_steps(config, settings.warmup,
+                                                       settings.steps)))
+    flops = flops_per_image(config.model, settings.image_size)
+    peak = bf16_peak(device)
+    for row in steps:
+        row["mfu_bf16"] = row["images_per_s"] * flops / peak if peak else None
+
+    data_images_per_s = None
+    if settings.data:
+        stage(f"the data pipeline on {settings.data}")
+        data_images_per_s = time_data(resolve_config(None, {**base, "data": settings.data}),
+                                      warmup=3, batches=max(5, settings.steps))
+    result = {
+        "environment": environment(device),
+        "settings": dataclasses.asdict(settings),
+        "parameters": {"online": sum(s.numel() for s in shapes[0]),
+                       "target": sum(s.numel() for s in shapes[1]),
+                       "tensors": len(shapes[0])},
+        "copy_gb_per_s": copy_gb_per_s,
+        "ops": rows_as_dicts(op_rows),
+        "steps": steps,
+        "gflop_per_image": flops / 1e9,
+        "data_images_per_s": data_images_per_s,
+        "not_measured": not_measured,
+    }
+    result["targets"] = targets(result)
+    return result
+
+
+def targets(result: dict[str, Any]) -> dict[str, dict]:
+    """DESIGN's targets that this result measured, each with `met`."""
+    verdicts = {}
+    ops = {(r["op"], r["impl"]): r for r in result["ops"]}
+    for op, (min_share, baseline, min_speedup) in KERNEL_TARGETS.items():
+        if (op, "fused") in ops and (op, baseline) in ops:
+            share = ops[op, "fused"]["share_of_copy"]
+            speedup = ops[op, baseline]["median_ms"] / ops[op, "fused"]["median_ms"]
+            verdicts[f"{op} kernel"] = {
+                "share_of_copy": share, "wanted_share": min_share,
+                f"speedup_vs_{baseline}": speedup, "wanted_speedup": min_speedup,
+                "met": (min_share is None or share >= min_share) and speedup >= min_speedup}
+    steps = {(s["kernels"], s["compile"]): s["images_per_s"] for s in result["steps"]}
+    if ("fused", False) in steps:
+        verdicts["fused faster than eager"] = {"met": steps["fused", False] > steps["eager",
+                                                                                     False]}
+    if ("eager", True) in steps:
+        verdicts["compiled faster than not"] = {"met": steps["eager", True] > steps["eager",
+                                                                                     False]}
+    settings = result["settings"]
+    if (("fused", True) in steps and settings["arch"] == "resnet50"
+            and settings["image_size"] == 224 and "H100" in result["environment"]["device"]):
+        best = steps["fused", True]
+        verdicts["whole step on an H100"] = {"images_per_s": best,
+                                             "wanted": STEP_TARGET_IMAGES_PER_S,
+                                             "met": best >= STEP_TARGET_IMAGES_PER_S}
+    return verdicts
