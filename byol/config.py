@@ -51,6 +51,8 @@ class PretrainConfig:
     """LARS weight decay (not applied to biases and normalization parameters)."""
     lars_eta: float = 1e-3
     """LARS trust coefficient."""
+    lars_clip: bool = False
+    """Cap each tensor's LARS rate at the global lr (the CIFAR numbers assume it)."""
     momentum: float = 0.9
     """LARS momentum."""
     tau_base: float = 0.99

@@ -97,9 +97,9 @@ class LarsTensors:
 
 
 def lars_step_(tensors: LarsTensors, *, lr: float, weight_decay: float, momentum: float,
-               eta: float, backend: str) -> None:
+               eta: float, clip: bool, backend: str) -> None:
     """One LARS step in place on params and momenta; see `kernels.reference.lars_step_`."""
-    hyper = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta)
+    hyper = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta, clip=clip)
     if backend == "fused":
         lars = _fused("lars")
         if tensors.table is None:

@@ -23,15 +23,16 @@ class LARS(torch.optim.Optimizer):
 
     As in the official implementation, every 1-D parameter (biases, BatchNorm scales and
     shifts) gets neither weight decay nor trust-ratio scaling. One parameter group: the trainer
-    sets its lr before each step. Build it after the model is on its device and in its memory
+    sets its lr before each step. `clip` caps each tensor's rate at the global lr (see
+    `kernels.reference.lars_step_`). Build it after the model is on its device and in its memory
     format, since the parameters become views into the flat buffer.
     """
 
     def __init__(self, parameters: Iterable[nn.Parameter], *, lr: float, weight_decay: float,
-                 momentum: float, eta: float, backend: str):
+                 momentum: float, eta: float, backend: str, clip: bool = False):
         parameters = list(parameters)
         super().__init__(parameters, dict(lr=lr, weight_decay=weight_decay,
-                                          momentum=momentum, eta=eta))
+                                          momentum=momentum, eta=eta, clip=clip))
         self.backend = backend
         self.flat = ops.LarsTensors(
             params=flatten_parameters_(parameters),
@@ -58,7 +59,8 @@ class LARS(torch.optim.Optimizer):
     def step(self, closure=None):
         group = self.param_groups[0]
         ops.lars_step_(self.flat, lr=group["lr"], weight_decay=group["weight_decay"],
-                       momentum=group["momentum"], eta=group["eta"], backend=self.backend)
+                       momentum=group["momentum"], eta=group["eta"], clip=group["clip"],
+                       backend=self.backend)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load as usual, then copy the momenta back into the flat buffer (the base class

@@ -75,7 +75,8 @@ class Trainer:
         # like the start of it, so the EMA is one pass over both.
         self.optimizer = LARS(
             self.model.trainable_parameters(), lr=0.0, weight_decay=config.weight_decay,
-            momentum=config.momentum, eta=config.lars_eta, backend=config.kernels,
+            momentum=config.momentum, eta=config.lars_eta, clip=config.lars_clip,
+            backend=config.kernels,
         )
         self.target_params = flatten_parameters_(list(self.model.target.parameters()))
         self.probe, self.knn_monitor, self.knn_every = self._build_monitors()

@@ -5,7 +5,7 @@ For each tensor w with gradient g and momentum mu (the official BYOL variant; se
     u = g + wd * w;  trust = eta * ||w|| / ||u|| (1 where either norm is 0)
     mu <- momentum * mu + trust * u;  w <- w - lr * mu
 Tensors flagged in the block table (biases, normalization parameters) get neither the weight
-decay nor the trust scaling.
+decay nor the trust scaling. With `clip`, trust <- min(trust / lr, 1) (see the reference).
 
 Launch 1 (norms): each program sums w^2 and u^2 over its block and stores the two partial
 sums in its own slot. Launch 2 (update): each program adds up its tensor's partials in a fixed
@@ -77,6 +77,7 @@ def _update_kernel(
     partial_ptr,       # (2, blocks) fp32 in: the norms kernel's partial sums
     num_blocks,
     lr, weight_decay, momentum, eta,
+    CLIP: tl.constexpr,  # cap each tensor's rate lr * trust at lr
     BLOCK: tl.constexpr, REDUCE: tl.constexpr,
 ):
     _, tensor, offsets, mask = _block_location(block_start_ptr, block_tensor_ptr,
@@ -97,6 +98,9 @@ def _update_kernel(
     excluded = tl.load(excluded_ptr + tensor) != 0
     scaled = (excluded == 0) & (w_norm > 0.0) & (u_norm > 0.0)
     trust = tl.where(scaled, eta * w_norm / tl.where(scaled, u_norm, 1.0), 1.0)
+    if CLIP:
+        capped = tl.where(lr > 0.0, tl.minimum(trust / tl.where(lr > 0.0, lr, 1.0), 1.0), 1.0)
+        trust = tl.where(scaled, capped, trust)
     decay = tl.where(excluded, 0.0, weight_decay)
 
     w = tl.load(params_ptr + offsets, mask=mask).to(tl.float32)
@@ -115,7 +119,8 @@ def lars_table(numels: list[int], excluded: list[bool], device: torch.device | s
 
 @torch.no_grad()
 def lars_step_(params: Tensor, grads: Tensor, momenta: Tensor, table: BlockTable, *,
-               lr: float, weight_decay: float, momentum: float, eta: float) -> None:
+               lr: float, weight_decay: float, momentum: float, eta: float,
+               clip: bool = False) -> None:
     """One LARS step in place on the flat `params` and `momenta`; `grads` is not modified.
 
     params, grads, momenta: 1-D contiguous buffers (fp32 or bf16) with `table.numel`
@@ -135,4 +140,5 @@ def lars_step_(params: Tensor, grads: Tensor, momenta: Tensor, table: BlockTable
     _update_kernel[(blocks,)](params, grads, momenta, *layout, table.tensor_first_block,
                               table.tensor_blocks, table.tensor_flag, partial, blocks,
                               float(lr), float(weight_decay), float(momentum), float(eta),
-                              BLOCK=table.block_size, REDUCE=REDUCE, num_warps=NUM_WARPS)
+                              CLIP=bool(clip), BLOCK=table.block_size, REDUCE=REDUCE,
+                              num_warps=NUM_WARPS)

@@ -54,6 +54,7 @@ def lars_step_(
     weight_decay: float,
     momentum: float,
     eta: float,
+    clip: bool = False,
 ) -> None:
     """One step of LARS as in the official BYOL implementation, in place on params and momenta.
 
@@ -62,6 +63,10 @@ def lars_step_(
         mu <- momentum * mu + trust * g;  w <- w - lr * mu
     Tensors flagged in `excluded` (biases, normalization parameters) skip both the weight decay
     and the trust scaling. The gradients are not modified.
+
+    `clip` caps each tensor's rate lr * trust at lr (trust <- min(trust / lr, 1), and 1 when lr
+    is 0), as solo-learn's LARS does for the CIFAR numbers (lr 1.0, eta 0.02): without the cap,
+    a large eta over small BYOL gradients gives steps many times the global lr.
     """
     for w, g, mu, skip in zip(params, grads, momenta, excluded, strict=True):
         update = g.float()
@@ -69,7 +74,11 @@ def lars_step_(
             update = update + weight_decay * w
             w_norm = torch.linalg.vector_norm(w)
             u_norm = torch.linalg.vector_norm(update)
-            trust = torch.where((w_norm > 0) & (u_norm > 0), eta * w_norm / u_norm, 1.0)
+            valid = (w_norm > 0) & (u_norm > 0)
+            trust = torch.where(valid, eta * w_norm / u_norm, 1.0)
+            if clip:
+                capped = torch.clamp(trust / lr, max=1.0) if lr > 0 else torch.ones_like(trust)
+                trust = torch.where(valid, capped, trust)
             update = update * trust
         mu.mul_(momentum).add_(update)
         w.sub_(mu, alpha=lr)

@@ -43,11 +43,13 @@ class Flat:
 
 @pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
 @pytest.mark.parametrize("block_size", [SMALL_BLOCK, lars.BLOCK])
-def test_lars_matches_the_reference_over_many_tensors(dtype, atol, rtol, block_size):
+@pytest.mark.parametrize("clip", [False, True])
+def test_lars_matches_the_reference_over_many_tensors(dtype, atol, rtol, block_size, clip):
     flat = Flat(SHAPES, dtype)
     grads_before = flat.grads.clone()
-    expected_params, expected_momenta = flat.reference_step(**HYPER)
-    lars.lars_step_(flat.params, flat.grads, flat.momenta, flat.table(block_size), **HYPER)
+    hyper = {**HYPER, "clip": clip}
+    expected_params, expected_momenta = flat.reference_step(**hyper)
+    lars.lars_step_(flat.params, flat.grads, flat.momenta, flat.table(block_size), **hyper)
     assert flat.params.dtype == dtype
     torch.testing.assert_close(flat.params.float(), expected_params, atol=atol, rtol=rtol)
     torch.testing.assert_close(flat.momenta.float(), expected_momenta, atol=atol, rtol=rtol)
@@ -71,6 +73,17 @@ def test_zero_weights_or_gradients_take_a_trust_ratio_of_one():
     expected_params, expected_momenta = flat.reference_step(**HYPER)
     lars.lars_step_(flat.params, flat.grads, flat.momenta, flat.table(), **HYPER)
     assert flat.params.isfinite().all()
+    torch.testing.assert_close(flat.params, expected_params)
+    torch.testing.assert_close(flat.momenta, expected_momenta)
+
+
+@pytest.mark.parametrize("lr", [0.0, 0.3, 50.0])
+def test_clipping_caps_the_trust_ratio_like_the_reference(lr):
+    # eta large enough that trust / lr exceeds 1 for some tensors at lr 0.3, none at 50.
+    flat = Flat(SHAPES, torch.float32)
+    hyper = {**HYPER, "lr": lr, "eta": 0.5, "clip": True}
+    expected_params, expected_momenta = flat.reference_step(**hyper)
+    lars.lars_step_(flat.params, flat.grads, flat.momenta, flat.table(), **hyper)
     torch.testing.assert_close(flat.params, expected_params)
     torch.testing.assert_close(flat.momenta, expected_momenta)
 

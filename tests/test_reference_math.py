@@ -120,3 +120,20 @@ def test_closed_form_loss_gradient_matches_autograd_including_tiny_rows():
     reference.byol_loss(q1, q2, z1, z2).backward(torch.tensor(1.5))
     torch.testing.assert_close(reference.byol_loss_backward(p1, p2, z1, z2, torch.tensor(1.5)),
                                (q1.grad, q2.grad))
+
+
+def test_clipped_lars_caps_each_tensor_rate_at_the_global_lr():
+    w, g = torch.tensor([3.0, 4.0]), torch.tensor([0.0, 0.01])  # ||w|| = 5, ||g|| = 0.01
+    hyper = dict(weight_decay=0.0, momentum=0.9, eta=0.02)
+    # trust = 0.02 * 5 / 0.01 = 10: unclipped the step is lr * 10 * g; clipped, lr * g.
+    for clip, factor in ((False, 10.0), (True, 1.0)):
+        params, momenta = [w.clone()], [torch.zeros(2)]
+        reference.lars_step_(params, [g], momenta, [False], lr=0.5, clip=clip, **hyper)
+        torch.testing.assert_close(momenta[0], factor * g)
+        torch.testing.assert_close(params[0], w - 0.5 * factor * g)
+    # Below the cap the rate is the trust ratio itself: trust = 0.02 * 5 / 10 = 0.01, so the
+    # momentum takes trust / lr = 0.02 of the gradient and the step is lr * 0.02 = 0.01 of it.
+    params, momenta = [w.clone()], [torch.zeros(2)]
+    reference.lars_step_(params, [torch.tensor([0.0, 10.0])], momenta, [False], lr=0.5,
+                         clip=True, **hyper)
+    torch.testing.assert_close(momenta[0], torch.tensor([0.0, 0.2]))
