@@ -96,3 +96,17 @@ class BYOL(nn.Module):
         """Online encoder, projector and predictor parameters: what the optimizer updates."""
         yield from self.online.parameters()
         yield from self.predictor.parameters()
+
+
+class OnlineNetwork(nn.Module):
+    """f, g and q in one module, so that one DDP wrapper covers every trainable parameter:
+    (B, 3, H, W) -> (features, projection, prediction)."""
+
+    def __init__(self, online: ProjectionNetwork, predictor: nn.Module):
+        super().__init__()
+        self.online = online
+        self.predictor = predictor
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        features, projection = self.online(images)
+        return features, projection, self.predictor(projection)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from byol import distributed
 from byol.data.labeled import LabeledLoader, Split, eval_splits
 from byol.eval.features import extract_features
 from byol.eval.knn import knn_scores, topk_accuracy
@@ -47,6 +48,8 @@ class LinearProbe(nn.Module):
         loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for parameter in self.classifier.parameters():  # the same probe on every rank
+            distributed.mean_across_ranks_(parameter.grad)
         self.optimizer.step()
         top1 = (logits.argmax(dim=1) == labels).float().mean() * 100
         return {"probe_loss": loss.detach(), "probe_top1": top1.detach()}

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from byol import ops
+from byol import distributed, ops
 from byol.checkpoint import LAST, STEP_DIR, load_checkpoint
 from byol.config import (
     RUNTIME_FIELDS,
@@ -30,7 +30,7 @@ from byol.config import (
 from byol.errors import UserError
 from byol.metrics import METRICS_FILE
 from byol.presets import preset_values, resolve_config
-from byol.trainer import Trainer
+from byol.trainer import Trainer, saved_world_size
 
 RUNS_ROOT = Path("runs")
 CONFIG_FILE = "config.json"
@@ -105,21 +105,39 @@ def prepare_run(preset: str | None, overrides: dict[str, Any], out: Path | None,
 
     overrides: the flat config keys the user set (config file, then flags).
     resume: None (fresh run), "auto" (continue the matching run if there is one) or a path.
+    Under torchrun, rank 0 decides where the run lives and every rank follows.
     """
-    if resume not in (None, "auto"):
-        return _resume(Path(resume), preset, overrides, out)
+    device = {**runtime_defaults(overrides), **overrides}["device"]
+    processes = distributed.setup(device)
+    try:
+        plan = _plan(preset, overrides, out, resume) if processes.is_main else None
+    except UserError as error:
+        plan = error
+    plan = distributed.share_from_main(plan)
+    if isinstance(plan, UserError):
+        raise plan
+    kind, path, out = plan
+    if kind == "resume":
+        return _resume(path, preset, overrides, out)
+    config = resolve_config(preset, {**runtime_defaults(overrides), **overrides})
+    trainer = Trainer(config, path)
+    _start_run_dir(trainer)
+    return trainer, None
 
+
+def _plan(preset: str | None, overrides: dict[str, Any], out: Path | None,
+          resume: str | None) -> tuple[str, Path, Path | None]:
+    """("resume", checkpoint, out) or ("fresh", run folder, None); UserError if neither."""
+    if resume not in (None, "auto"):
+        return "resume", Path(resume), out
     config = resolve_config(preset, {**runtime_defaults(overrides), **overrides})
     run_dir = out or (find_resumable_run(flat_items(config)) if resume == "auto" else None)
     if run_dir is not None and resume == "auto" and (run_dir / LAST).is_file():
-        return _resume(run_dir / LAST, preset, overrides, out=None)
+        return "resume", run_dir / LAST, None
     if run_dir is not None and resume is None and holds_run(run_dir):
         raise UserError(f"{run_dir} already holds a run; pass --resume auto to continue it, "
                         "or choose another --out.")
-    run_dir = run_dir or default_run_dir(config.model.arch)
-    trainer = Trainer(config, run_dir)
-    _start_run_dir(trainer)
-    return trainer, None
+    return "fresh", run_dir or default_run_dir(config.model.arch), None
 
 
 def _resume(checkpoint: Path, preset: str | None, overrides: dict[str, Any],
@@ -142,7 +160,10 @@ def _resume(checkpoint: Path, preset: str | None, overrides: dict[str, Any],
     if run_dir.resolve() != home.resolve() and holds_run(run_dir):
         raise UserError(f"{run_dir} already holds another run; choose an empty --out to "
                         f"continue {checkpoint} there.")
-    trainer = Trainer(config, run_dir)
+    # On another number of processes the run keeps its length in steps (see Trainer.restore).
+    same_processes = saved_world_size(state) == distributed.current().world_size
+    trainer = Trainer(config, run_dir,
+                      total_steps=None if same_processes else state["total_steps"])
     if state["total_steps"] != trainer.total_steps:
         raise UserError(
             f"{checkpoint} belongs to a run of {state['total_steps']} steps but its settings "
@@ -155,7 +176,9 @@ def _resume(checkpoint: Path, preset: str | None, overrides: dict[str, Any],
 
 def _start_run_dir(trainer: Trainer) -> None:
     """Create the run folder; save the resolved config, the class names of labeled data and
-    the list of skipped unreadable images."""
+    the list of skipped unreadable images. Rank 0 only."""
+    if not distributed.current().is_main:
+        return
     trainer.run_dir.mkdir(parents=True, exist_ok=True)
     config_json = json.dumps(to_dict(trainer.config), indent=2)
     (trainer.run_dir / CONFIG_FILE).write_text(config_json + "\n")

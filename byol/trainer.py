@@ -20,15 +20,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from byol import ops
+from byol import distributed, ops
 from byol.checkpoint import LAST, save_checkpoint
 from byol.config import PretrainConfig, to_dict
 from byol.data import TwoViewBatch, build_loader
 from byol.errors import UserError
 from byol.flat import flatten_parameters_
 from byol.metrics import MetricsLog
-from byol.models import BYOL
+from byol.models import BYOL, OnlineNetwork
 from byol.monitors import KnnMonitor, LinearProbe, held_out_data
 from byol.optim import LARS
 from byol.schedules import learning_rates, target_ema_rates
@@ -52,22 +54,34 @@ class RunSummary:
 class Trainer:
     """Builds everything a run needs from its config, and runs it with `fit`."""
 
-    def __init__(self, config: PretrainConfig, run_dir: Path):
+    def __init__(self, config: PretrainConfig, run_dir: Path, total_steps: int | None = None):
+        """`total_steps` overrides the run length the config gives (a run resumed on another
+        number of processes keeps its length in steps)."""
         self.config = config
         self.run_dir = run_dir
+        self.processes = distributed.current()
         self.device = torch.device(config.device)
+        if self.device.type == "cuda" and self.processes.enabled:
+            self.device = torch.device("cuda", self.processes.local_rank)
         ops.require_backend(config.kernels, self.device)
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
 
-        self.loader = build_loader(config, self.device)
+        self.loader = build_loader(config, self.device, self.processes.rank,
+                                   self.processes.world_size)
         if self.loader.steps_per_epoch < 1:
             raise UserError(
                 f"The data holds {self.loader.num_images} images, fewer than one batch of "
                 f"{config.batch_size}; lower --batch-size."
             )
-        self.total_steps = config.steps or config.epochs * self.loader.steps_per_epoch
+        self.total_steps = (total_steps or config.steps
+                            or config.epochs * self.loader.steps_per_epoch)
 
-        self.model = BYOL(config.model).to(self.device)
+        self.model = BYOL(config.model)
+        if self.processes.enabled and self.device.type == "cuda":
+            # BatchNorm statistics over the whole global batch, as in the paper. (SyncBatchNorm
+            # needs GPUs: on the CPU each process normalizes over its own part of the batch.)
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model = self.model.to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         # From here on the parameters are views into flat buffers (byol.flat): the optimizer
@@ -80,14 +94,27 @@ class Trainer:
         )
         self.target_params = flatten_parameters_(list(self.model.target.parameters()))
         self.probe, self.knn_monitor, self.knn_every = self._build_monitors()
-        peak_lr = config.lr * config.batch_size / 256
+        # The lr scales with the global batch: the per-device batch times the processes.
+        peak_lr = config.lr * config.batch_size * self.processes.world_size / 256
         warmup_steps = round(config.warmup_epochs * self.loader.steps_per_epoch)
         self.lr_schedule = learning_rates(peak_lr, warmup_steps, self.total_steps).tolist()
         self.tau_schedule = target_ema_rates(config.tau_base, self.total_steps).tolist()
 
         # Compiled callables live beside the modules, so state dicts keep their plain names.
+        online: nn.Module = OnlineNetwork(self.model.online, self.model.predictor)
+        if self.processes.enabled:
+            # DDP averages the gradients, bucketed and overlapped with the backward pass. With
+            # gradient_as_bucket_view off, it reduces in its own buckets and copies the result
+            # back into each p.grad in place, so the gradients stay views of the optimizer's
+            # flat buffer and the fused LARS still covers them in two launches. The price is
+            # two copies per gradient (about 8 bytes per parameter); bucket views instead would
+            # leave the gradients scattered over DDP's buckets, in DDP's order.
+            online = DistributedDataParallel(
+                online, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                gradient_as_bucket_view=False,
+                broadcast_buffers=self.device.type != "cuda")  # SyncBN keeps them equal
         compile_fn = torch.compile if config.compile else (lambda module: module)
-        self.online_forward = compile_fn(self.model.online)
+        self.online_forward = compile_fn(online)
         self.target_forward = compile_fn(self.model.target)
         self.autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -105,10 +132,9 @@ class Trainer:
             group["lr"] = lr
 
         with self.autocast:
-            features_1, projection_1 = self.online_forward(batch.view1)  # (B, D), (B, P)
-            _, projection_2 = self.online_forward(batch.view2)
-            prediction_1 = self.model.predictor(projection_1)
-            prediction_2 = self.model.predictor(projection_2)
+            # (B, D) features, (B, P) projections and predictions
+            features_1, projection_1, prediction_1 = self.online_forward(batch.view1)
+            _, projection_2, prediction_2 = self.online_forward(batch.view2)
             with torch.no_grad():
                 _, target_1 = self.target_forward(batch.view1)
                 _, target_2 = self.target_forward(batch.view2)
@@ -148,19 +174,18 @@ class Trainer:
                             "holding train/ and val/.")
         every = config.knn_every if config.knn_every is not None else (
             self.loader.steps_per_epoch if knn_data else 0)
-        if not every:
-            return probe, None, 0
+        if not every or not self.processes.is_main:
+            return probe, None, every  # the kNN check runs on rank 0 only
         monitor = KnnMonitor(knn_data, image_size=config.image_size,
                              batch_size=config.batch_size, workers=config.workers,
                              device=self.device, seed=config.seed)
         return probe, monitor, every
 
-    def _knn(self) -> dict[str, torch.Tensor]:
+    def _knn(self) -> dict[str, float]:
         """Run the kNN monitor on the online encoder, then go back to training mode."""
         accuracy = self.knn_monitor.evaluate(self.model.online.encoder)
         self.model.train()
-        return {name: torch.tensor(value, device=self.device) for name, value in
-                accuracy.items()}
+        return accuracy
 
     # ----------------------------------------------------------------------------- the loop
 
@@ -168,36 +193,42 @@ class Trainer:
         """Train from the current step to the end, or until a stop is requested.
 
         A checkpoint is written every `checkpoint_every` steps and when the loop ends.
-        `on_progress` receives the newest metrics record about once a second.
+        `on_progress` receives the newest metrics record about once a second (on rank 0).
         """
         self.model.train()
-        log = MetricsLog(self.run_dir, self.step)
+        log = MetricsLog(self.run_dir, self.step) if self.processes.is_main else None
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+        monitored: dict[int, dict[str, float]] = {}  # step -> kNN results (rank 0)
         window_start = time.perf_counter()
         record, saved_step = None, self.step
         checkpoint = self.run_dir / LAST if (self.run_dir / LAST).is_file() else None
 
         def flush() -> None:
             nonlocal pending, window_start, record
-            images_per_s = len(pending) * self.config.batch_size / (
+            images_per_s = len(pending) * self.config.batch_size * self.processes.world_size / (
                 time.perf_counter() - window_start)
-            record = self._write_metrics(log, pending, images_per_s, checkpoint, saved_step)
+            record = self._write_metrics(log, pending, monitored, images_per_s, checkpoint,
+                                         saved_step)
             pending, window_start = [], time.perf_counter()
-            if on_progress is not None:
+            if on_progress is not None and record is not None:
                 on_progress(record)
 
         batches = iter(self.loader)
         with _stop_on_signals(self._stop):
             try:
-                while self.step < self.total_steps and not self._stop.is_set():
+                # Every rank takes the same decisions at the same step: stop, flush.
+                while self.step < self.total_steps and not distributed.any_rank(
+                        self._stop.is_set())[0]:
                     pending.append((self.step, self.train_step(next(batches))))
                     if self.knn_monitor is not None and (
                             self.step % self.knn_every == 0 or self.step == self.total_steps):
                         started = time.perf_counter()
-                        pending[-1][1].update(self._knn())
+                        monitored[self.step - 1] = self._knn()
                         window_start += time.perf_counter() - started  # not training time
+                    flush_due = distributed.any_rank(
+                        time.perf_counter() - window_start >= FLUSH_SECONDS)[0]
                     at_checkpoint = self.step % self.config.checkpoint_every == 0
-                    if at_checkpoint or time.perf_counter() - window_start >= FLUSH_SECONDS:
+                    if at_checkpoint or flush_due:
                         flush()
                     if at_checkpoint:
                         checkpoint, saved_step = self.save(), self.step
@@ -208,7 +239,8 @@ class Trainer:
                 if self.step != saved_step:
                     checkpoint = self.save()
             finally:
-                log.close()
+                if log is not None:
+                    log.close()
         return RunSummary(self.step, self.total_steps, self.step < self.total_steps,
                           checkpoint, record)
 
@@ -216,36 +248,44 @@ class Trainer:
         """Finish the current step, write a checkpoint, and return from `fit`."""
         self._stop.set()
 
-    def _write_metrics(self, log: MetricsLog, pending: list, images_per_s: float,
-                       checkpoint: Path | None, checkpoint_step: int) -> dict:
-        """Read the pending steps' metrics back from the device (one sync) and log each.
+    def _write_metrics(self, log: MetricsLog | None, pending: list,
+                       monitored: dict[int, dict[str, float]], images_per_s: float,
+                       checkpoint: Path | None, checkpoint_step: int) -> dict | None:
+        """Read the pending steps' metrics back from the device (one sync), averaged over the
+        ranks, and log each on rank 0 with the monitors' results. Returns the last record.
 
-        A non-finite loss ends the run here, before a checkpoint could save its state.
+        A non-finite loss ends the run here, on every rank, before a checkpoint could save its
+        state.
         """
-        values = torch.cat([torch.stack([v.float() for v in m.values()])
-                            for _, m in pending]).tolist()
-        offset = 0
-        for step, metrics in pending:
-            row, offset = values[offset:offset + len(metrics)], offset + len(metrics)
+        names = list(pending[0][1])
+        values = torch.stack([torch.stack([m[n].float() for n in names]) for _, m in pending])
+        values = distributed.mean_across_ranks_(values).tolist()
+        record = None
+        for (step, _), row in zip(pending, values):
             record = {"step": step + 1, "epoch": (step + 1) / self.loader.steps_per_epoch,
-                      **dict(zip(metrics, row)), "lr": self.lr_schedule[step],
-                      "tau": self.tau_schedule[step], "images_per_s": images_per_s}
-            log.write(record)
+                      **dict(zip(names, row)), **monitored.pop(step, {}),
+                      "lr": self.lr_schedule[step], "tau": self.tau_schedule[step],
+                      "images_per_s": images_per_s}
+            if log is not None:
+                log.write(record)
             if not math.isfinite(record["loss"]):
-                log.flush()
+                if log is not None:
+                    log.flush()
                 last_good = (f"the last good checkpoint is {checkpoint} (step "
                              f"{checkpoint_step})" if checkpoint else "no checkpoint was written")
                 raise FloatingPointError(
                     f"The loss became {record['loss']} at step {record['step']}; "
                     f"{last_good}. Start a new run with a lower --lr."
                 )
-        log.flush()
+        if log is not None:
+            log.flush()
         return record
 
     # ----------------------------------------------------------------------------- state
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this run exactly."""
+        """Everything needed to continue this run exactly. Every rank must call it (it
+        gathers each rank's position in the data)."""
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -255,27 +295,44 @@ class Trainer:
             "config": to_dict(self.config),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "data": self.loader.state_dict(),
+            "data": {"world_size": self.processes.world_size,
+                     "ranks": distributed.gather_objects(self.loader.state_dict())},
             "rng": rng,
             **({"probe": self.probe.state_dict()} if self.probe is not None else {}),
         }
 
     def save(self) -> Path:
-        """Write a checkpoint of the current step; returns the path of last.pt."""
-        return save_checkpoint(self.state_dict(), self.run_dir, self.step,
-                               self.config.keep_checkpoints)
+        """Write a checkpoint of the current step (rank 0 writes); returns the path of last.pt."""
+        state = self.state_dict()
+        if not self.processes.is_main:
+            return self.run_dir / LAST
+        return save_checkpoint(state, self.run_dir, self.step, self.config.keep_checkpoints)
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint written by `state_dict`."""
+        """Continue from a checkpoint written by `state_dict`.
+
+        On the same number of processes each rank continues its part of the data exactly. On
+        another number, the data position cannot carry over: the epoch's data starts again in
+        a new order, while the step, the schedules and every weight continue.
+        """
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.loader.load_state_dict(state["data"])
+        ranks = state["data"]["ranks"]
+        if len(ranks) == self.processes.world_size:
+            self.loader.load_state_dict(ranks[self.processes.rank])
+        else:
+            self.loader.load_state_dict({"epoch": ranks[0]["epoch"], "position": 0})
         if self.probe is not None and "probe" in state:
             self.probe.load_state_dict(state["probe"])
         self.step = state["step"]
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+
+def saved_world_size(state: dict[str, Any]) -> int:
+    """How many processes wrote a checkpoint."""
+    return state["data"]["world_size"]
 
 
 # --------------------------------------------------------------------------------- helpers

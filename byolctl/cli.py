@@ -122,6 +122,7 @@ def pretrain(
     settings.update(flags)
 
     trainer, resumed_from = prepare_run(preset_name, settings, out, resume)
+    console.quiet = not trainer.processes.is_main  # under torchrun, rank 0 speaks for all
     cfg = trainer.config
     if cfg.device == "cpu" and "device" not in settings:
         console.print("No GPU found: training on the CPU (fine for the demo, slow for real data).")
@@ -131,9 +132,11 @@ def pretrain(
     if skipped:
         console.print(f"Skipping {len(skipped)} unreadable images, listed in "
                       f"{trainer.run_dir / 'skipped_files.txt'}.")
+    processes = trainer.processes.world_size
+    batch = (f"batch {cfg.batch_size}" if processes == 1 else
+             f"batch {cfg.batch_size} x {processes} processes")
     console.print(f"Run folder: {trainer.run_dir}  ({cfg.model.arch}, {cfg.image_size} px, "
-                  f"batch {cfg.batch_size}, {trainer.total_steps} steps, {cfg.device}, "
-                  f"{cfg.precision})")
+                  f"{batch}, {trainer.total_steps} steps, {cfg.device}, {cfg.precision})")
 
     with training_progress() as progress:
         task = progress.add_task("pretrain", total=trainer.total_steps,

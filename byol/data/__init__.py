@@ -10,17 +10,20 @@ from byol.data.loaders import RandomTensorLoader, TwoViewBatch, TwoViewLoader
 __all__ = ["TwoViewBatch", "TwoViewLoader", "build_loader"]
 
 
-def build_loader(config: PretrainConfig, device: torch.device) -> TwoViewLoader:
-    """The two-view loader for `config.data`: `demo`, `random`, an image folder or shards."""
+def build_loader(config: PretrainConfig, device: torch.device, rank: int = 0,
+                 world_size: int = 1) -> TwoViewLoader:
+    """The two-view loader for `config.data`: `demo`, `random`, an image folder or shards.
+    With several processes, each reads its own `1 / world_size` of every epoch."""
     if config.data == "random":
         return RandomTensorLoader(image_size=config.image_size, batch_size=config.batch_size,
-                                  seed=config.seed, device=device)
+                                  seed=config.seed, device=device, rank=rank,
+                                  world_size=world_size)
     # DALI is imported only for sources it decodes and augments.
     from byol.data.dali import demo_loader, folder_loader, shards_loader
     from byol.data.shards import is_shard_source
 
     common = dict(image_size=config.image_size, batch_size=config.batch_size, seed=config.seed,
-                  workers=config.workers, device=device)
+                  workers=config.workers, device=device, rank=rank, world_size=world_size)
     if config.data == "demo":
         return demo_loader(**common)
     if is_shard_source(config.data):

@@ -48,17 +48,20 @@ class TwoViewLoader:
 class RandomTensorLoader(TwoViewLoader):
     """One fixed batch of standard-normal views on the device, repeated: data costs nothing.
 
-    For profiling the trainer alone. An epoch is nominally ImageNet's training set.
+    For profiling the trainer alone. An epoch is nominally ImageNet's training set. With
+    several processes, each takes its own slice of one global batch drawn from `seed`, so the
+    global batch is the same whatever the number of processes.
     """
 
     def __init__(self, *, image_size: int, batch_size: int, seed: int, device: torch.device,
-                 world_size: int = 1):
+                 rank: int = 0, world_size: int = 1):
         super().__init__(IMAGENET_TRAIN_IMAGES, batch_size, world_size)
         generator = torch.Generator().manual_seed(seed)
-        shape = (batch_size, 3, image_size, image_size)
+        shape = (batch_size * world_size, 3, image_size, image_size)
+        mine = slice(rank * batch_size, (rank + 1) * batch_size)
         self.batch = TwoViewBatch(
-            to_training_layout(torch.randn(shape, generator=generator), device),
-            to_training_layout(torch.randn(shape, generator=generator), device),
+            to_training_layout(torch.randn(shape, generator=generator)[mine], device),
+            to_training_layout(torch.randn(shape, generator=generator)[mine], device),
             None,
         )
 
