@@ -114,7 +114,7 @@ def main() -> None:
         "benchmark": "representation quality (CIFAR-10)",
         **environment(trainer.device),
         "arch": "resnet18 (small stem)", "preset": "cifar", "epochs": args.epochs,
-        "warmup_epochs": trainer.config.warmup_epochs,
+        "warmup_epochs": trainer.config.warmup_epochs, "lars_clip": trainer.config.lars_clip,
         "steps": summary.step, "image_size": args.image_size, "batch_size": args.batch_size,
         "train_images": trainer.loader.num_images, "knn_k": k,
         "linear": f"cached protocol, {args.linear_epochs} epochs",
