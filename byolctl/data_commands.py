@@ -2,12 +2,13 @@
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from byolctl.errors import exits_cleanly
+from byolctl.options import JsonOpt
 from byolctl.render import console
 
 data_app = typer.Typer(help="Check image datasets and write them as shards.",
@@ -15,8 +16,6 @@ data_app = typer.Typer(help="Check image datasets and write them as shards.",
 
 FolderArg = Annotated[Path, typer.Argument(help="An image folder: <folder>/<class>/<image>.",
                                            show_default=False)]
-JsonOpt = Annotated[Optional[Path], typer.Option(
-    "--json", help="Also write the findings as JSON to this file.", show_default=False)]
 QuickOpt = Annotated[bool, typer.Option(
     "--quick", help="Only the quick check pretraining does, instead of decoding.")]
 SHOWN_ROWS = 50

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from byolctl.errors import exits_cleanly
-from byolctl.options import DeviceOpt, WorkersOpt
+from byolctl.options import DeviceOpt, JsonOpt, WorkersOpt
 from byolctl.render import console
 
 eval_app = typer.Typer(help="Evaluate a pretrained encoder: kNN or a linear classifier.",
@@ -31,8 +31,6 @@ EvalImageSizeOpt = Annotated[Optional[int], typer.Option(
     "--image-size", help="Image side in pixels \\[default: the pretraining size].",
     show_default=False)]
 EvalBatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per batch.")]
-JsonOpt = Annotated[Optional[Path], typer.Option(
-    "--json", help="Also write the result as JSON to this file.", show_default=False)]
 
 
 def _runtime(device) -> dict[str, Any]:

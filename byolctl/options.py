@@ -99,5 +99,7 @@ KnnEveryOpt = Annotated[Optional[int], typer.Option(
 KnnDataOpt = Annotated[Optional[str], typer.Option(
     "--knn-data", help="Held-out data for the kNN check: a folder with train/ and val/ "
     "\\[default: demo for demo, DIR for a DIR/train beside a DIR/val].", show_default=False)]
+JsonOpt = Annotated[Optional[Path], typer.Option(
+    "--json", help="Also write the results as JSON to this file.", show_default=False)]
 ConfigOpt = Annotated[Optional[Path], typer.Option(
     "--config", help="YAML or TOML file of settings (flags override it).", show_default=False)]

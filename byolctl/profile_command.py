@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from byolctl.options import ArchOpt, DeviceOpt, Precision, PrecisionOpt, WorkersOpt
+from byolctl.options import ArchOpt, DeviceOpt, JsonOpt, Precision, PrecisionOpt, WorkersOpt
 from byolctl.render import console
 
 # Without a GPU the defaults shrink to what a CPU times in about a minute.
@@ -28,8 +28,6 @@ ProfileCompileOpt = Annotated[Optional[bool], typer.Option(
 ProfileDataOpt = Annotated[Optional[str], typer.Option(
     "--data", help="Also time the DALI pipeline on this image folder or shards.",
     show_default=False)]
-JsonOpt = Annotated[Optional[Path], typer.Option(
-    "--json", help="Also write the result as JSON to this file.", show_default=False)]
 PlotOpt = Annotated[Optional[Path], typer.Option(
     "--plot", help="Also draw the result as a PNG chart to this file.", show_default=False)]
 
