@@ -137,6 +137,9 @@ def _plan(preset: str | None, overrides: dict[str, Any], out: Path | None,
     if run_dir is not None and resume is None and holds_run(run_dir):
         raise UserError(f"{run_dir} already holds a run; pass --resume auto to continue it, "
                         "or choose another --out.")
+    if run_dir is not None and holds_run(run_dir):  # --resume auto, but nothing to resume
+        raise UserError(f"{run_dir} holds a run that ended before its first checkpoint; "
+                        "delete the folder or choose another --out.")
     return "fresh", run_dir or default_run_dir(config.model.arch), None
 
 

@@ -33,7 +33,8 @@ class Kernels(str, Enum):
 
 
 DataOpt = Annotated[Optional[str], typer.Option(
-    "--data", help="Image folder (<class>/<image>), `demo` (built in, the default) or `random`.",
+    "--data", help="Image folder (<class>/<image>), shards (a folder or a {a..b} pattern), "
+    "`demo` (built in, the default) or `random`.",
     show_default=False)]
 ArchOpt = Annotated[Optional[Arch], typer.Option(
     "--arch", help="Encoder architecture (torchvision ResNet).", show_default=False)]

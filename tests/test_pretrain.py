@@ -135,6 +135,14 @@ def test_fused_kernels_on_the_cpu_need_the_triton_interpreter(tiny, monkeypatch)
         prepare_run(None, {**tiny, "kernels": "fused"}, Path("run"), None)
 
 
+def test_resume_auto_does_not_start_over_a_run_that_has_no_checkpoint(tiny):
+    Path("run").mkdir()
+    Path("run/metrics.jsonl").write_text('{"step": 1, "loss": 3.9}\n')
+    with pytest.raises(UserError, match="ended before its first checkpoint"):
+        prepare_run(None, tiny, Path("run"), "auto")
+    assert Path("run/metrics.jsonl").read_text() == '{"step": 1, "loss": 3.9}\n'
+
+
 def test_a_folder_with_any_part_of_a_run_is_not_reused_without_resume(tiny):
     Path("run").mkdir()
     Path("run/config.json").write_text("{}")
