@@ -69,7 +69,8 @@ def _augmented_view(images, image_size: int, view: int):
     return x, fn.stack(jitter, gray, blur, solarize)
 
 
-def _decode(encoded, on_gpu: bool):
+def decode_images(encoded, on_gpu: bool):
+    """Decode encoded images to RGB: on the GPU (mixed) or with CPU operators."""
     return fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
 
 
@@ -79,7 +80,7 @@ def folder_reader(files: list[str], labels: list[int], shard_id: int, num_shards
     def read():
         encoded, label = fn.readers.file(files=files, labels=labels, shuffle_after_epoch=True,
                                          shard_id=shard_id, num_shards=num_shards, name=READER)
-        return _decode(encoded, on_gpu), label
+        return decode_images(encoded, on_gpu), label
     return read
 
 
@@ -92,7 +93,7 @@ def shard_reader(paths: list[str], shard_id: int, num_shards: int, seed: int, on
             dtypes=[types.UINT8, types.INT32], missing_component_behavior="error",
             case_sensitive_extensions=False, random_shuffle=True, shuffle_after_epoch=True,
             shard_id=shard_id, num_shards=num_shards, seed=seed, name=READER)
-        return _decode(encoded, on_gpu), label
+        return decode_images(encoded, on_gpu), label
     return read
 
 

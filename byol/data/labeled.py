@@ -20,7 +20,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 from torch import Tensor
 
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD
-from byol.data.dali import READER, _decode
+from byol.data.dali import READER, decode_images
 from byol.data.demo_images import CLASSES as DEMO_CLASSES
 from byol.data.demo_images import demo_images
 from byol.data.folders import find_problems, scan_image_folder
@@ -135,7 +135,7 @@ class LabeledLoader:
                 encoded, labels = fn.readers.file(
                     files=split.files, labels=split.labels, random_shuffle=augment,
                     pad_last_batch=True, name=READER)
-                return _decode(encoded, on_gpu), labels
+                return decode_images(encoded, on_gpu), labels
         else:
             source = _ImageBatches(split.images, split.image_labels, batch_size, augment, seed)
 
