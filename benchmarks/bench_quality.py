@@ -115,6 +115,7 @@ def main() -> None:
         **environment(trainer.device),
         "arch": "resnet18 (small stem)", "preset": "cifar", "epochs": args.epochs,
         "warmup_epochs": trainer.config.warmup_epochs, "lars_clip": trainer.config.lars_clip,
+        "blur": trainer.config.blur,
         "steps": summary.step, "image_size": args.image_size, "batch_size": args.batch_size,
         "train_images": trainer.loader.num_images, "knn_k": k,
         "linear": f"cached protocol, {args.linear_epochs} epochs",
@@ -126,7 +127,8 @@ def main() -> None:
     }
     for key, value in result.items():
         print(f"{key:>18}: {value}")
-    slug = f"quality-cifar10-{args.epochs}ep-{args.image_size}px-{trainer.device.type}"
+    blur = "" if trainer.config.blur else "-noblur"
+    slug = f"quality-cifar10-{args.epochs}ep-{args.image_size}px{blur}-{trainer.device.type}"
     print(f"saved {save_result(slug, result)}")
 
 

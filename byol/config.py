@@ -57,6 +57,8 @@ class PretrainConfig:
     """LARS momentum."""
     tau_base: float = 0.99
     """Target EMA rate at step 0; it rises to 1 on a cosine."""
+    blur: bool = True
+    """Gaussian blur on the views (p=1.0 for view 1, 0.1 for view 2, as in the paper)."""
     precision: str = "fp32"
     """`bf16` (autocast) or `fp32`."""
     seed: int = 0
@@ -83,14 +85,19 @@ class PretrainConfig:
     """Steps between kNN monitors, 0 for none (default: once an epoch, with `knn_data`)."""
     knn_data: str | None = None
     """Evaluation data for the kNN monitor (default: see `byol.monitors.held_out_data`)."""
+    on_nan: str = "stop"
+    """A non-finite loss or gradient: `stop` the run, or `skip` the step (nothing applied)."""
+    max_skipped_steps: int = 10
+    """With on_nan `skip`: how many steps the whole run may skip before it stops."""
 
 
 RUNTIME_FIELDS = frozenset({"device", "kernels", "compile", "workers", "strict",
                             "checkpoint_every", "keep_checkpoints", "probe", "knn_every",
-                            "knn_data"})
+                            "knn_data", "on_nan", "max_skipped_steps"})
 MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 TOP_FIELDS = frozenset(f.name for f in dataclasses.fields(PretrainConfig)) - {"model"}
 PRECISIONS = ("bf16", "fp32")
+ON_NAN = ("stop", "skip")
 
 
 def flat_items(config: PretrainConfig) -> dict[str, Any]:
@@ -161,8 +168,11 @@ def validate(config: PretrainConfig) -> None:
             raise UserError(f"{name} must be at least 1, got {value}.")
     if config.steps is not None and config.steps < 1:
         raise UserError(f"steps must be at least 1, got {config.steps}.")
-    if config.workers < 0:
-        raise UserError(f"workers must be 0 or more, got {config.workers}.")
+    for name in ("workers", "max_skipped_steps"):
+        if getattr(config, name) < 0:
+            raise UserError(f"{name} must be 0 or more, got {getattr(config, name)}.")
+    if config.on_nan not in ON_NAN:
+        raise UserError(f"on_nan must be one of {', '.join(ON_NAN)}, got {config.on_nan!r}.")
     if config.precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, "
                         f"got {config.precision!r}.")

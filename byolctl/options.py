@@ -32,6 +32,11 @@ class Kernels(str, Enum):
     eager = "eager"
 
 
+class OnNan(str, Enum):
+    stop = "stop"
+    skip = "skip"
+
+
 DataOpt = Annotated[Optional[str], typer.Option(
     "--data", help="Image folder (<class>/<image>), shards (a folder or a {a..b} pattern), "
     "`demo` (built in, the default) or `random`.",
@@ -62,6 +67,9 @@ WeightDecayOpt = Annotated[Optional[float], typer.Option(
     "--weight-decay", help="LARS weight decay (not on biases and norms).", show_default=False)]
 TauBaseOpt = Annotated[Optional[float], typer.Option(
     "--tau-base", help="Target EMA rate at step 0 (rises to 1).", show_default=False)]
+BlurOpt = Annotated[Optional[bool], typer.Option(
+    "--blur/--no-blur", help="Gaussian blur on the views, as in the paper \\[default: on; off "
+    "in the cifar and demo presets].", show_default=False)]
 KernelsOpt = Annotated[Optional[Kernels], typer.Option(
     "--kernels",
     help="Triton kernels (fused) or plain PyTorch (eager) for the loss, EMA and LARS "
@@ -91,6 +99,12 @@ CheckpointEveryOpt = Annotated[Optional[int], typer.Option(
 KeepOpt = Annotated[Optional[int], typer.Option(
     "--keep-checkpoints", help="Step checkpoints to keep (last.pt names the newest).",
     show_default=False)]
+OnNanOpt = Annotated[Optional[OnNan], typer.Option(
+    "--on-nan", help="A non-finite loss or gradient stops the run, or skips that step (nothing "
+    "applied) \\[default: stop].", show_default=False)]
+MaxSkippedOpt = Annotated[Optional[int], typer.Option(
+    "--max-skipped-steps", help="With --on-nan skip: steps the run may skip in all before it "
+    "stops \\[default: 10].", show_default=False)]
 ProbeOpt = Annotated[Optional[bool], typer.Option(
     "--probe/--no-probe", help="Train a linear probe on detached features alongside, logged "
     "as probe_top1 \\[default: on when the data has labels].", show_default=False)]

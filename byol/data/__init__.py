@@ -23,7 +23,8 @@ def build_loader(config: PretrainConfig, device: torch.device, rank: int = 0,
     from byol.data.shards import is_shard_source
 
     common = dict(image_size=config.image_size, batch_size=config.batch_size, seed=config.seed,
-                  workers=config.workers, device=device, rank=rank, world_size=world_size)
+                  workers=config.workers, device=device, rank=rank, world_size=world_size,
+                  blur=config.blur)
     if config.data == "demo":
         return demo_loader(**common)
     if is_shard_source(config.data):

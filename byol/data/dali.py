@@ -38,9 +38,11 @@ def _solarize(images):
     return fn.cast(wide + above * (255 - 2 * wide), dtype=types.UINT8)
 
 
-def _augmented_view(images, image_size: int, view: int):
-    """(augmented view, its random choices (jitter, grayscale, blur, solarize) as 0/1)."""
+def _augmented_view(images, image_size: int, view: int, blur: bool):
+    """(augmented view, its random choices (jitter, grayscale, blur, solarize) as 0/1).
+    Without `blur`, no view is blurred."""
     blur_p, solarize_p = VIEW_PROBABILITIES[view - 1]
+    blur_p = blur_p if blur else 0.0
     jitter, gray, blur, solarize = (fn.random.coin_flip(probability=p)
                                     for p in (0.8, 0.2, blur_p, solarize_p))
     x = fn.random_resized_crop(images, size=image_size, random_area=[0.08, 1.0],
@@ -144,13 +146,13 @@ def in_memory_reader(images: torch.Tensor, labels: torch.Tensor, samples_per_epo
 
 
 @pipeline_def(enable_conditionals=True, enable_checkpointing=True)
-def two_view_pipeline(read, image_size: int, with_choices: bool = False):
+def two_view_pipeline(read, image_size: int, blur: bool = True, with_choices: bool = False):
     """DALI pipeline: (view1, view2, label) for each (decoded image, label) that `read()` gives.
     `with_choices` adds each view's random choices (see `_augmented_view`), to check the
     augmentation rates."""
     images, label = read()
-    view1, choices1 = _augmented_view(images, image_size, 1)
-    view2, choices2 = _augmented_view(images, image_size, 2)
+    view1, choices1 = _augmented_view(images, image_size, 1, blur)
+    view2, choices2 = _augmented_view(images, image_size, 2, blur)
     return (view1, view2, label, choices1, choices2) if with_choices else (view1, view2, label)
 
 
@@ -159,14 +161,17 @@ class DaliLoader(TwoViewLoader):
     in the data is DALI's own checkpoint (reader progress and random state)."""
 
     def __init__(self, read, num_images: int, *, image_size: int, batch_size: int, seed: int,
-                 workers: int, device: torch.device, world_size: int = 1,
+                 workers: int, device: torch.device, blur: bool = True, world_size: int = 1,
                  classes: list[str] | None = None, skipped: list[tuple[str, str]] | None = None,
-                 has_reader: bool = True):
+                 has_reader: bool = True, source: str = "demo", find_bad_image: str = ""):
+        """`source` and `find_bad_image` name the data and say how to find an image that
+        stops the decoder, for the error message."""
         super().__init__(num_images, batch_size, world_size)
+        self.source, self.find_bad_image = source, find_bad_image
         self.classes = classes
         self.skipped = skipped or []
         self._pipeline_args = dict(
-            read=read, image_size=image_size, batch_size=batch_size,
+            read=read, image_size=image_size, blur=blur, batch_size=batch_size,
             num_threads=max(1, workers), seed=seed,
             device_id=device.index or 0 if device.type == "cuda" else None,
         )
@@ -183,14 +188,23 @@ class DaliLoader(TwoViewLoader):
                                    last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
 
     def __iter__(self) -> Iterator[TwoViewBatch]:
-        self._iterator = self._build_iterator()
-        while True:
-            for (batch,) in self._iterator:
-                self.position += 1
-                yield TwoViewBatch(to_training_layout(batch["view1"], self.device),
-                                   to_training_layout(batch["view2"], self.device),
-                                   batch["labels"].view(-1).long().to(self.device))
-            self.epoch, self.position = self.epoch + 1, 0
+        try:
+            self._iterator = self._build_iterator()  # starts decoding the first batches
+            while True:
+                for (batch,) in self._iterator:
+                    self.position += 1
+                    yield TwoViewBatch(to_training_layout(batch["view1"], self.device),
+                                       to_training_layout(batch["view2"], self.device),
+                                       batch["labels"].view(-1).long().to(self.device))
+                self.epoch, self.position = self.epoch + 1, 0
+        except RuntimeError as error:
+            if "Critical error in pipeline" not in str(error):
+                raise
+            # The checks before the run (byol.data.folders) find the common damage; an image
+            # that passed them and still fails stops DALI's whole pipeline, and DALI does not
+            # say which file it was.
+            raise UserError(f"An image of --data {self.source} could not be decoded "
+                            f"({_decoder_failure(error)}). {self.find_bad_image}") from error
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -201,6 +215,13 @@ class DaliLoader(TwoViewLoader):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self._dali_checkpoint = state.get("dali")
+
+
+def _decoder_failure(error: RuntimeError) -> str:
+    """The decoder's own words from a DALI pipeline error (the line after "encountered:")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    following = lines[lines.index("encountered:") + 1:] if "encountered:" in lines else []
+    return (following or lines or ["unknown error"])[0]
 
 
 def folder_loader(root: Path, *, strict: bool = False, rank: int = 0, world_size: int = 1,
@@ -223,7 +244,9 @@ def folder_loader(root: Path, *, strict: bool = False, rank: int = 0, world_size
     files, labels = map(list, zip(*usable))
     read = folder_reader(files, labels, rank, world_size, kwargs["device"].type == "cuda")
     return DaliLoader(read, len(files), classes=classes, skipped=skipped,
-                      world_size=world_size, **kwargs)
+                      world_size=world_size, source=str(root),
+                      find_bad_image=f"Find it with: byolctl data check {root} (which decodes "
+                      "every image), move it out, and resume with --resume auto.", **kwargs)
 
 
 def shards_loader(data: str, *, rank: int = 0, world_size: int = 1, **kwargs) -> DaliLoader:
@@ -232,7 +255,8 @@ def shards_loader(data: str, *, rank: int = 0, world_size: int = 1, **kwargs) ->
     read = shard_reader(shards.paths, rank, world_size, kwargs["seed"],
                         kwargs["device"].type == "cuda")
     return DaliLoader(read, shards.images, classes=shards.classes, world_size=world_size,
-                      **kwargs)
+                      source=data, find_bad_image="Check the folder the shards were written "
+                      "from with byolctl data check, then write them again.", **kwargs)
 
 
 def in_memory_loader(images: torch.Tensor, labels: torch.Tensor, *, rank: int = 0,
