@@ -46,6 +46,16 @@ def atomic_save(obj: Any, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a small text file whole or not at all: to a temporary file, then renamed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _replace_with_link(source: Path, dest: Path) -> None:
     """Atomically make `dest` a second name for `source` (a copy where links are not allowed)."""
     tmp = dest.with_name(f".{dest.name}.tmp")

@@ -1,11 +1,12 @@
 """Metrics sinks: one JSON object per line (metrics.jsonl) and TensorBoard event files."""
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
+
+from byol.checkpoint import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -52,6 +53,4 @@ def _keep_records_up_to(path: Path, step: int) -> None:
         except (ValueError, KeyError, TypeError):
             pass  # a line torn by a crash mid-write
     if len(kept) != len(lines):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(kept))

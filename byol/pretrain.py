@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from byol import distributed, ops
-from byol.checkpoint import LAST, STEP_DIR, load_checkpoint
+from byol.checkpoint import LAST, STEP_DIR, atomic_write_text, load_checkpoint
 from byol.config import (
     RUNTIME_FIELDS,
     PretrainConfig,
@@ -72,17 +72,20 @@ def holds_run(run_dir: Path) -> bool:
     return any((run_dir / name).exists() for name in (LAST, CONFIG_FILE, METRICS_FILE))
 
 
+def same_settings(run_dir: Path, config_items: dict[str, Any]) -> bool:
+    """Whether the run in `run_dir` has these settings (runtime ones aside)."""
+    try:
+        saved = flat_items(from_dict(json.loads((run_dir / CONFIG_FILE).read_text())))
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+    return all(saved.get(k) == v for k, v in config_items.items() if k not in RUNTIME_FIELDS)
+
+
 def find_resumable_run(config_items: dict[str, Any]) -> Path | None:
     """The newest run under runs/ with a last.pt and the same settings (runtime ones aside)."""
-    def same_run(run_dir: Path) -> bool:
-        try:
-            saved = flat_items(from_dict(json.loads((run_dir / CONFIG_FILE).read_text())))
-        except (OSError, ValueError, TypeError, KeyError):
-            return False
-        return all(saved.get(k) == v for k, v in config_items.items() if k not in RUNTIME_FIELDS)
-
     candidates = sorted(RUNS_ROOT.glob("*/" + LAST), key=lambda p: p.stat().st_mtime)
-    return next((last.parent for last in reversed(candidates) if same_run(last.parent)), None)
+    return next((last.parent for last in reversed(candidates)
+                 if same_settings(last.parent, config_items)), None)
 
 
 def check_resume_compatible(saved: PretrainConfig, requested: dict[str, Any]) -> None:
@@ -137,9 +140,11 @@ def _plan(preset: str | None, overrides: dict[str, Any], out: Path | None,
     if run_dir is not None and resume is None and holds_run(run_dir):
         raise UserError(f"{run_dir} already holds a run; pass --resume auto to continue it, "
                         "or choose another --out.")
-    if run_dir is not None and holds_run(run_dir):  # --resume auto, but nothing to resume
-        raise UserError(f"{run_dir} holds a run that ended before its first checkpoint; "
-                        "delete the folder or choose another --out.")
+    if (run_dir is not None and holds_run(run_dir)  # --resume auto, but nothing to resume
+            and not same_settings(run_dir, flat_items(config))):
+        raise UserError(f"{run_dir} holds a run with other settings and no checkpoint; delete "
+                        "the folder or choose another --out.")
+    # A run that stopped before its first checkpoint starts over in its folder.
     return "fresh", run_dir or default_run_dir(config.model.arch), None
 
 
@@ -172,7 +177,12 @@ def _resume(checkpoint: Path, preset: str | None, overrides: dict[str, Any],
             f"{checkpoint} belongs to a run of {state['total_steps']} steps but its settings "
             f"now give {trainer.total_steps}; the data changed size - resume on the same data."
         )
-    trainer.restore(state)
+    try:
+        trainer.restore(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise UserError(f"{checkpoint} does not match the run its settings describe "
+                        f"({type(error).__name__}); it is damaged or was not written by "
+                        "byolctl pretrain.") from error
     _start_run_dir(trainer)
     return trainer, checkpoint
 
@@ -182,13 +192,18 @@ def _start_run_dir(trainer: Trainer) -> None:
     the list of skipped unreadable images. Rank 0 only."""
     if not distributed.current().is_main:
         return
-    trainer.run_dir.mkdir(parents=True, exist_ok=True)
-    config_json = json.dumps(to_dict(trainer.config), indent=2)
-    (trainer.run_dir / CONFIG_FILE).write_text(config_json + "\n")
+    files = {CONFIG_FILE: json.dumps(to_dict(trainer.config), indent=2) + "\n"}
     classes = getattr(trainer.loader, "classes", None)
     if classes is not None:
-        (trainer.run_dir / CLASSES_FILE).write_text(json.dumps(classes) + "\n")
+        files[CLASSES_FILE] = json.dumps(classes) + "\n"
     skipped = getattr(trainer.loader, "skipped", [])
     if skipped:
-        (trainer.run_dir / SKIPPED_FILE).write_text(
-            "".join(f"{path}\t{reason}\n" for path, reason in skipped))
+        files[SKIPPED_FILE] = "".join(f"{path}\t{reason}\n" for path, reason in skipped)
+    try:
+        trainer.run_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            atomic_write_text(trainer.run_dir / name, text)
+    except OSError as error:
+        raise UserError(f"Cannot write the run folder {trainer.run_dir} "
+                        f"({error.strerror or error}); choose another --out or free some "
+                        "space.") from error

@@ -9,7 +9,6 @@ LARS -> EMA of the target. The schedules are precomputed arrays indexed by the s
 """
 
 import contextlib
-import math
 import signal
 import threading
 import time
@@ -121,12 +120,15 @@ class Trainer:
             if config.precision == "bf16" else contextlib.nullcontext()
         )
         self.step = 0
+        self.saved_step: int | None = None  # the step of this run's newest checkpoint
+        self.skipped_steps = 0  # steps with a non-finite loss or gradient (on_nan "skip")
         self._stop = threading.Event()
 
     # ----------------------------------------------------------------------------- one step
 
-    def train_step(self, batch: TwoViewBatch) -> dict[str, torch.Tensor]:
-        """One optimizer step on `batch`; returns device tensors for the metrics."""
+    def train_step(self, batch: TwoViewBatch) -> dict[str, torch.Tensor] | None:
+        """One optimizer step on `batch`; returns device tensors for the metrics, or None when
+        the loss or a gradient was not finite and nothing was applied (see `_skip_step`)."""
         lr, tau = self.lr_schedule[self.step], self.tau_schedule[self.step]
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -143,6 +145,9 @@ class Trainer:
 
         self.optimizer.zero_grad()  # in place: the gradients are views of one flat buffer
         loss.backward()
+        if not self._all_finite(loss):
+            self._skip_step()
+            return None
         self.optimizer.step()
         ops.ema_update_(self.target_params, self.optimizer.flat_params, tau,
                         backend=self.config.kernels)
@@ -155,6 +160,49 @@ class Trainer:
         if self.probe is not None:
             metrics.update(self.probe.step(features_1, batch.labels))
         return metrics
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss and every gradient are finite, on every rank.
+
+        This is the loop's one host sync per step, the price of never applying a bad update:
+        it waits for the backward pass, and the next step's kernels queue again a moment
+        later. A NaN or inf anywhere makes the sum non-finite; summing reads each gradient
+        once, where `isfinite().all()` would also write a mask the size of the buffer.
+        """
+        total = loss.detach().float() + self.optimizer.flat.grads.data.sum()
+        return not distributed.any_rank(not torch.isfinite(total).item())[0]
+
+    def _skip_step(self) -> None:
+        """Handle a step whose loss or gradients were not finite, before anything is applied:
+        stop the run (on_nan "stop"), or count the step as skipped and go on (on_nan "skip",
+        at most `max_skipped_steps` times over the whole run)."""
+        step = self.step + 1
+        self.optimizer.zero_grad()
+        if self.config.on_nan == "stop":
+            retry = ("resume from it with --on-nan skip" if self.saved_step is not None
+                     else "start again with --on-nan skip")
+            raise UserError(f"The loss or a gradient became non-finite at step {step}; "
+                            f"{self.last_good()}. To step over such batches, {retry}; or start "
+                            "a new run with a lower --lr.")
+        self.skipped_steps += 1
+        if self.skipped_steps > self.config.max_skipped_steps:
+            raise UserError(f"Step {step} had a non-finite loss or gradient, one more than "
+                            f"--max-skipped-steps {self.config.max_skipped_steps} allows; "
+                            f"{self.last_good()}. Start a new run with a lower --lr.")
+        # The forward pass of the bad step has already updated the BatchNorm running
+        # statistics; a non-finite one would poison every later evaluation.
+        if not all(torch.isfinite(b).all() for b in self.model.buffers()
+                   if b.is_floating_point()):
+            raise UserError(f"Step {step} left non-finite BatchNorm statistics, which "
+                            f"skipping cannot undo; {self.last_good()}. Start a new run with "
+                            "a lower --lr.")
+        self.step += 1  # its batch is spent: the schedules and the data move on
+
+    def last_good(self) -> str:
+        """Where the newest checkpoint of this run is, for error messages."""
+        if self.saved_step is None:
+            return "no checkpoint was written"
+        return f"the last good checkpoint is {self.run_dir / LAST} (step {self.saved_step})"
 
     # ----------------------------------------------------------------------------- monitors
 
@@ -194,32 +242,35 @@ class Trainer:
 
         A checkpoint is written every `checkpoint_every` steps and when the loop ends.
         `on_progress` receives the newest metrics record about once a second (on rank 0).
+        A run that cannot go on (non-finite numbers, out of memory, a full disk) raises a
+        UserError naming the last good checkpoint.
         """
         self.model.train()
         log = MetricsLog(self.run_dir, self.step) if self.processes.is_main else None
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         monitored: dict[int, dict[str, float]] = {}  # step -> kNN results (rank 0)
         window_start = time.perf_counter()
-        record, saved_step = None, self.step
-        checkpoint = self.run_dir / LAST if (self.run_dir / LAST).is_file() else None
+        record, start_step = None, self.step
 
         def flush() -> None:
             nonlocal pending, window_start, record
             images_per_s = len(pending) * self.config.batch_size * self.processes.world_size / (
                 time.perf_counter() - window_start)
-            record = self._write_metrics(log, pending, monitored, images_per_s, checkpoint,
-                                         saved_step)
+            with self._writing():
+                record = self._write_metrics(log, pending, monitored, images_per_s)
             pending, window_start = [], time.perf_counter()
             if on_progress is not None and record is not None:
                 on_progress(record)
 
         batches = iter(self.loader)
-        with _stop_on_signals(self._stop):
+        with _stop_on_signals(self._stop), self._out_of_memory_explained():
             try:
                 # Every rank takes the same decisions at the same step: stop, flush.
                 while self.step < self.total_steps and not distributed.any_rank(
                         self._stop.is_set())[0]:
-                    pending.append((self.step, self.train_step(next(batches))))
+                    metrics = self.train_step(next(batches))
+                    if metrics is not None:
+                        pending.append((self.step - 1, metrics))
                     if self.knn_monitor is not None and (
                             self.step % self.knn_every == 0 or self.step == self.total_steps):
                         started = time.perf_counter()
@@ -228,19 +279,27 @@ class Trainer:
                     flush_due = distributed.any_rank(
                         time.perf_counter() - window_start >= FLUSH_SECONDS)[0]
                     at_checkpoint = self.step % self.config.checkpoint_every == 0
-                    if at_checkpoint or flush_due:
+                    if (at_checkpoint or flush_due) and pending:
                         flush()
                     if at_checkpoint:
-                        checkpoint, saved_step = self.save(), self.step
+                        self.save()
                         window_start = time.perf_counter()  # saving is not training time
                 # Finished, or a stop was requested: keep every step done so far.
                 if pending:
                     flush()
-                if self.step != saved_step:
-                    checkpoint = self.save()
+                if self.step not in (start_step, self.saved_step):
+                    self.save()
+            except UserError:
+                # Keep the records of the steps before the error. (With several processes
+                # the error may have reached one rank only, and flushing takes all of them.)
+                if pending and not self.processes.enabled:
+                    with contextlib.suppress(Exception):
+                        flush()
+                raise
             finally:
                 if log is not None:
                     log.close()
+        checkpoint = self.run_dir / LAST if self.saved_step is not None else None
         return RunSummary(self.step, self.total_steps, self.step < self.total_steps,
                           checkpoint, record)
 
@@ -249,37 +308,53 @@ class Trainer:
         self._stop.set()
 
     def _write_metrics(self, log: MetricsLog | None, pending: list,
-                       monitored: dict[int, dict[str, float]], images_per_s: float,
-                       checkpoint: Path | None, checkpoint_step: int) -> dict | None:
+                       monitored: dict[int, dict[str, float]],
+                       images_per_s: float) -> dict | None:
         """Read the pending steps' metrics back from the device (one sync), averaged over the
-        ranks, and log each on rank 0 with the monitors' results. Returns the last record.
-
-        A non-finite loss ends the run here, on every rank, before a checkpoint could save its
-        state.
-        """
+        ranks, and log each on rank 0 with the monitors' results. Returns the last record."""
         names = list(pending[0][1])
         values = torch.stack([torch.stack([m[n].float() for n in names]) for _, m in pending])
         values = distributed.mean_across_ranks_(values).tolist()
+        skipped = {"skipped_steps": self.skipped_steps} if self.skipped_steps else {}
         record = None
         for (step, _), row in zip(pending, values):
             record = {"step": step + 1, "epoch": (step + 1) / self.loader.steps_per_epoch,
                       **dict(zip(names, row)), **monitored.pop(step, {}),
                       "lr": self.lr_schedule[step], "tau": self.tau_schedule[step],
-                      "images_per_s": images_per_s}
+                      "images_per_s": images_per_s, **skipped}
             if log is not None:
                 log.write(record)
-            if not math.isfinite(record["loss"]):
-                if log is not None:
-                    log.flush()
-                last_good = (f"the last good checkpoint is {checkpoint} (step "
-                             f"{checkpoint_step})" if checkpoint else "no checkpoint was written")
-                raise FloatingPointError(
-                    f"The loss became {record['loss']} at step {record['step']}; "
-                    f"{last_good}. Start a new run with a lower --lr."
-                )
         if log is not None:
             log.flush()
         return record
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Turn a failed write into the run folder (a full disk, a lost mount) into a
+        UserError that names the checkpoint to resume from. The files already there stay
+        whole: checkpoints are written beside them and renamed into place (byol.checkpoint)."""
+        try:
+            yield
+        except OSError as error:
+            raise UserError(f"Could not write to the run folder {self.run_dir} "
+                            f"({error.strerror or error}); {self.last_good()}. Free some space "
+                            "and resume with --resume auto --out "
+                            f"{self.run_dir}.") from error
+
+    @contextlib.contextmanager
+    def _out_of_memory_explained(self):
+        """Turn running out of GPU memory into a UserError with the batch size and what to
+        try."""
+        try:
+            yield
+        except torch.OutOfMemoryError as error:
+            batch = self.config.batch_size
+            raise UserError(
+                f"Out of GPU memory at step {self.step + 1} with batch size {batch} per GPU; "
+                f"{self.last_good()}. Start again with --batch-size {max(1, batch // 2)} "
+                "(and twice the GPUs through torchrun to keep the global batch), or with "
+                "--precision bf16 if it is fp32."
+            ) from error
 
     # ----------------------------------------------------------------------------- state
 
@@ -298,15 +373,19 @@ class Trainer:
             "data": {"world_size": self.processes.world_size,
                      "ranks": distributed.gather_objects(self.loader.state_dict())},
             "rng": rng,
+            "skipped_steps": self.skipped_steps,
             **({"probe": self.probe.state_dict()} if self.probe is not None else {}),
         }
 
     def save(self) -> Path:
-        """Write a checkpoint of the current step (rank 0 writes); returns the path of last.pt."""
+        """Write a checkpoint of the current step (rank 0 writes); returns the path of last.pt.
+        A failed write is a UserError, and the checkpoints already written stay whole."""
         state = self.state_dict()
-        if not self.processes.is_main:
-            return self.run_dir / LAST
-        return save_checkpoint(state, self.run_dir, self.step, self.config.keep_checkpoints)
+        if self.processes.is_main:
+            with self._writing():
+                save_checkpoint(state, self.run_dir, self.step, self.config.keep_checkpoints)
+        self.saved_step = self.step
+        return self.run_dir / LAST
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint written by `state_dict`.
@@ -324,7 +403,8 @@ class Trainer:
             self.loader.load_state_dict({"epoch": ranks[0]["epoch"], "position": 0})
         if self.probe is not None and "probe" in state:
             self.probe.load_state_dict(state["probe"])
-        self.step = state["step"]
+        self.step = self.saved_step = state["step"]
+        self.skipped_steps = state.get("skipped_steps", 0)
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)

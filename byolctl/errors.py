@@ -30,7 +30,11 @@ def exits_cleanly(command):
         except Exception as error:
             if show_tracebacks:
                 raise
-            print_error(f"{error} ({type(error).__name__}; rerun with --debug for details)")
+            if type(error).__name__ == "OutOfMemoryError":  # torch's, without importing torch
+                print_error("Out of GPU memory; run again with a smaller --batch-size.")
+                raise typer.Exit(2)
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            print_error(f"{first_line} ({type(error).__name__}; rerun with --debug for details)")
             raise typer.Exit(1)
 
     return wrapper
