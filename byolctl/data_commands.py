@@ -5,11 +5,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from byolctl.errors import exits_cleanly
 from byolctl.options import JsonOpt
-from byolctl.render import console
+from byolctl.render import console, plural
 
 data_app = typer.Typer(help="Check image datasets and write them as shards.",
                        no_args_is_help=True)
@@ -33,15 +33,16 @@ def check(folder: FolderArg, json_file: JsonOpt = None, quick: QuickOpt = False)
     with console.status(f"Checking {folder} ..."):
         report = check_folder(folder, full=not quick)
     if report.problems:
-        table = Table("file", "problem", title=f"{len(report.problems)} problems")
+        table = Table(Column("file", overflow="fold"), "problem",
+                      title=plural(len(report.problems), "problem"))
         for path, reason in report.problems[:SHOWN_ROWS]:
             table.add_row(path, reason)
         console.print(table)
         if len(report.problems) > SHOWN_ROWS:
             console.print(f"... and {len(report.problems) - SHOWN_ROWS} more"
                           + (f" (all in {json_file})" if json_file else " (use --json)"))
-    console.print(f"{report.images} images in {len(report.classes)} classes; "
-                  f"{len(report.problems)} problems.")
+    console.print(f"{plural(report.images, 'image')} in {plural(len(report.classes), 'class')}; "
+                  f"{plural(len(report.problems), 'problem')}.")
     if json_file:
         json_file.write_text(json.dumps({
             "folder": str(folder), "images": report.images, "classes": report.classes,

@@ -1,9 +1,9 @@
 """Image folders (`root/<class>/<image>`): listing their images, and finding the files a
 loader would choke on.
 
-Two depths of checking: the quick one reads each file's first and last bytes (its format
-signature, and the end marker a truncated JPEG or PNG lacks) - fast enough to run before every
-pretraining; the full one decodes every image, as `byolctl data check` does.
+Two depths of checking: the quick one reads each file's format signature, the end marker a
+truncated JPEG or PNG lacks, and its headers - fast enough to run before every pretraining; the
+full one decodes every image, as `byolctl data check` does.
 """
 
 import os
@@ -35,8 +35,8 @@ _TAIL_BYTES = 1024
 def image_problem(path: str, full: bool = False) -> str | None:
     """Why `path` cannot be used as a training image, or None when it can.
 
-    The quick check reads a file's first and last bytes: its format signature, and for JPEG
-    and PNG the marker a complete file ends with. `full` decodes the image with Pillow.
+    The quick check reads a file's format signature, for JPEG and PNG the marker a complete
+    file ends with, and its headers (with Pillow). `full` decodes the image too.
     """
     try:
         size = os.path.getsize(path)
@@ -54,16 +54,21 @@ def image_problem(path: str, full: bool = False) -> str | None:
         if head.startswith(magic):
             if magic == b"RIFF" and head[8:12] != b"WEBP":
                 break
-            return None if ending in tail else "truncated (no end marker)"
+            if ending not in tail:
+                return "truncated (no end marker)"
+            # Parsing the headers (not the pixels) finds the damage that would make the
+            # decoder stop the whole pipeline; damaged pixel data decodes, with artifacts.
+            return _decode_problem(path, pixels=False)
     return "not an image"
 
 
-def _decode_problem(path: str) -> str | None:
+def _decode_problem(path: str, pixels: bool = True) -> str | None:
     try:
         with Image.open(path) as image:
             if image.format not in DECODABLE_FORMATS:
                 return f"unsupported format {image.format}"
-            image.load()
+            if pixels:
+                image.load()
     except UnidentifiedImageError:
         return "not an image"
     except (OSError, SyntaxError, ValueError) as error:
