@@ -85,3 +85,17 @@ def test_evaluation_runs_on_the_gpu(tiny):
     linear = evaluate_linear(Path("run/last.pt"), "demo", protocol="full", device="cuda",
                              settings=LinearSettings(epochs=1), workers=2)
     assert knn["top1"] > 10 and linear["top1"] > 10
+
+
+def test_running_out_of_gpu_memory_is_one_line_with_exit_status_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from byolctl.cli import app
+
+    # Far beyond any GPU: ResNet-50 activations for 512 images of 1024 px.
+    result = CliRunner().invoke(app, [
+        "pretrain", "--data", "random", "--arch", "resnet50", "--image-size", "1024",
+        "--batch-size", "512", "--steps", "1", "--device", "cuda", "--no-compile",
+        "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "Out of GPU memory" in result.output and "Traceback" not in result.output
