@@ -18,9 +18,10 @@ from byol.data.labeled import LabeledLoader, Split, eval_splits
 from byol.eval.features import extract_features
 from byol.eval.knn import knn_scores, topk_accuracy
 
-# The probe's SGD settings: those of common online probes (solo-learn's, for one).
-PROBE_LR = 0.1
-PROBE_MOMENTUM = 0.9
+# The probe's Adam lr. Adam's step does not grow with the features' size: with SGD at the
+# usual 0.1, standardized 512-d features move the logits by tens per step and the probe never
+# settles (online probes that use SGD get the same effect from LARS's trust ratio).
+PROBE_LR = 1e-3
 # Images of each split the kNN monitor uses at most: enough for a stable number, cheap enough
 # to run every epoch.
 KNN_TRAIN_IMAGES = 10_000
@@ -30,16 +31,20 @@ KNN_TEMPERATURE = 0.1
 
 
 class LinearProbe(nn.Module):
-    """A linear classifier on detached features, with its own SGD optimizer."""
+    """A linear classifier on detached features, with its own Adam optimizer.
+
+    The features are standardized first (BatchNorm without scale or shift, as in common
+    linear probes), since they change scale as the encoder trains.
+    """
 
     def __init__(self, feature_dim: int, num_classes: int, seed: int):
         super().__init__()
         # Its initialization must not shift the random stream BYOL's training draws from.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.classifier = nn.Linear(feature_dim, num_classes)
-        self.optimizer = torch.optim.SGD(self.classifier.parameters(), lr=PROBE_LR,
-                                         momentum=PROBE_MOMENTUM, nesterov=True)
+            self.classifier = nn.Sequential(nn.BatchNorm1d(feature_dim, affine=False),
+                                            nn.Linear(feature_dim, num_classes))
+        self.optimizer = torch.optim.Adam(self.classifier.parameters(), lr=PROBE_LR)
 
     def step(self, features: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """Train one step on (B, D) features; returns its loss and batch top-1 (%) as device
@@ -59,7 +64,10 @@ class LinearProbe(nn.Module):
                 "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        self.classifier.load_state_dict(state["classifier"])
+        try:
+            self.classifier.load_state_dict(state["classifier"])
+        except RuntimeError:
+            return  # a probe of an earlier layout (no standardization, SGD): start anew
         self.optimizer.load_state_dict(state["optimizer"])
 
 

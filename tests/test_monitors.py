@@ -4,9 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from byol.errors import UserError
-from byol.monitors import held_out_data
+from byol.monitors import LinearProbe, held_out_data
 from byol.pretrain import prepare_run
 from tests.conftest import run_pretraining
 
@@ -48,3 +49,15 @@ def test_held_out_data_is_found_beside_a_train_folder(cifar_eval_folder, tmp_pat
     (tmp_path / "train").mkdir()
     assert held_out_data(str(tmp_path / "train")) is None
     assert held_out_data("random") is None
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 100.0])
+def test_the_probe_learns_separable_features_of_any_scale(scale):
+    generator = torch.Generator().manual_seed(0)
+    centers = torch.randn(10, 512, generator=generator)
+    probe = LinearProbe(feature_dim=512, num_classes=10, seed=0)
+    for _ in range(60):
+        labels = torch.randint(0, 10, (64,), generator=generator)
+        features = torch.relu(centers[labels] + 0.5 * torch.randn(64, 512, generator=generator))
+        result = probe.step(scale * features, labels)
+    assert result["probe_top1"] > 90 and result["probe_loss"] < 0.5
