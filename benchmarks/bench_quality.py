@@ -106,6 +106,9 @@ def main() -> None:
     started = time.perf_counter()
     summary = trainer.fit()
     pretrain_seconds = time.perf_counter() - started
+    if summary.interrupted:  # a partial run is not the result of `--epochs`
+        sys.exit(f"Interrupted at step {summary.step} of {summary.total_steps}; nothing "
+                 "recorded.")
     k = 200 if (args.train_images or 50_000) >= 20_000 else 20
     trained = evaluate(summary.checkpoint, data, args, k, args.device)
     random_init = evaluate(init, data, args, k, args.device)
