@@ -77,31 +77,34 @@ def _nan_loss_on(calls: set[int]):
 
 # --------------------------------------------------------------------------- signals
 
-@pytest.mark.slow
-def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(tmp_path):
-    settings = _write_settings(tmp_path / "tiny.yaml", steps=2000, checkpoint_every=1000)
+def _signal_a_run(tmp_path: Path, signals: list[int], checkpoint_every: int, after_steps: int):
+    """Start a long run, send it `signals` once it has logged `after_steps` steps, and wait
+    for it to exit. Returns (settings file, run folder, stderr)."""
+    settings = _write_settings(tmp_path / "tiny.yaml", steps=2000,
+                               checkpoint_every=checkpoint_every)
     run = tmp_path / "run"
     process = _start(settings, run)
-    _wait_for_steps(process, run, 3)
-    process.send_signal(signal.SIGTERM)
+    _wait_for_steps(process, run, after_steps)
+    for signum in signals:
+        process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 1
+    assert process.returncode == 1 and "Traceback" not in stderr
+    return settings, run, stderr
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(tmp_path):
+    _, run, stderr = _signal_a_run(tmp_path, [signal.SIGTERM], checkpoint_every=1000,
+                                   after_steps=3)
     assert f"Resume with: byolctl pretrain --resume {run / 'last.pt'}" in " ".join(stderr.split())
-    assert "Traceback" not in stderr
     state = load_checkpoint(run / "last.pt")
     assert 3 <= state["step"] < 2000 and state["step"] == _logged_steps(run)[-1]
 
 
 @pytest.mark.slow
 def test_a_second_ctrl_c_exits_at_once_and_leaves_every_file_whole(tmp_path):
-    settings = _write_settings(tmp_path / "tiny.yaml", steps=2000, checkpoint_every=2)
-    run = tmp_path / "run"
-    process = _start(settings, run)
-    _wait_for_steps(process, run, 5)
-    process.send_signal(signal.SIGINT)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 1 and "Traceback" not in stderr
+    settings, run, _ = _signal_a_run(tmp_path, [signal.SIGINT, signal.SIGINT],
+                                     checkpoint_every=2, after_steps=5)
     state = load_checkpoint(run / "last.pt")  # the newest whole checkpoint, whichever it is
     assert state["step"] >= 4
     for checkpoint in (run / "checkpoints").glob("step-*.pt"):
