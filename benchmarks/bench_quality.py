@@ -4,6 +4,11 @@ network at random init.
     python benchmarks/bench_quality.py --epochs 100                      # on a GPU, 32 px
     python benchmarks/bench_quality.py --device cpu --epochs 3 --image-size 16 \
         --train-images 10000 --val-images 2000                           # a short CPU run
+    python benchmarks/bench_quality.py --epochs 100 --run-dir .cache/q100  # resumable
+
+A run stopped by SIGTERM or Ctrl-C (a job's time limit, say) checkpoints and records nothing;
+the same command with the same `--run-dir` continues it, and the recorded pretraining wall time
+is the sum over its parts.
 
 Uses the CIFAR-10 JPEGs of the shared data folder (unpacked once into .cache/cifar10/):
 ResNet-18 with the small stem and the `cifar` preset (lr 1.0 per 256, wd 1e-5, LARS eta 0.02,
@@ -76,6 +81,14 @@ def evaluate(checkpoint: Path, data: Path, args, k: int, device: str) -> dict[st
             "linear_top5": linear["top5"]}
 
 
+def _add_wall_time(run_dir: Path, seconds: float) -> float:
+    """The pretraining wall time of the run in `run_dir` over all its parts, this one added."""
+    record = run_dir / "pretrain_seconds.txt"
+    total = seconds + (float(record.read_text()) if record.is_file() else 0.0)
+    record.write_text(f"{total}\n")
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=100)
@@ -90,25 +103,28 @@ def main() -> None:
                         default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run-dir", type=Path,
+                        help="continue the run in this folder, if it holds one")
     args = parser.parse_args()
 
     data = subset(cifar10(), args.train_images, args.val_images)
-    run_dir = CACHE / "bench-quality" / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = args.run_dir or CACHE / "bench-quality" / time.strftime("%Y%m%d-%H%M%S")
     overrides = {"data": str(data / "train"), "arch": "resnet18", "small_stem": True,
                  "image_size": args.image_size, "batch_size": args.batch_size,
                  "epochs": args.epochs, "device": args.device,
                  "warmup_epochs": args.warmup_epochs or min(10.0, args.epochs / 10),
                  "workers": args.workers, "seed": args.seed, "knn_every": 0, "probe": False}
-    trainer, _ = prepare_run("cifar", overrides, run_dir, None)
+    trainer, resumed_from = prepare_run("cifar", overrides, run_dir, "auto")
     init = run_dir / "init.pt"
-    shutil.copyfile(trainer.save(), init)  # step 0: the random-init baseline
+    if resumed_from is None:
+        shutil.copyfile(trainer.save(), init)  # step 0: the random-init baseline
 
     started = time.perf_counter()
     summary = trainer.fit()
-    pretrain_seconds = time.perf_counter() - started
+    pretrain_seconds = _add_wall_time(run_dir, time.perf_counter() - started)
     if summary.interrupted:  # a partial run is not the result of `--epochs`
         sys.exit(f"Interrupted at step {summary.step} of {summary.total_steps}; nothing "
-                 "recorded.")
+                 f"recorded. Continue with --run-dir {run_dir}")
     k = 200 if (args.train_images or 50_000) >= 20_000 else 20
     trained = evaluate(summary.checkpoint, data, args, k, args.device)
     random_init = evaluate(init, data, args, k, args.device)
