@@ -36,8 +36,9 @@ def test_labels_come_from_the_class_folders(tmp_path):
         for i in range(6):
             Image.new("RGB", (20, 24), (shade,) * 3).save(tmp_path / name / f"{i}.png")
     batch = next(iter(_loader(tmp_path, batch_size=12)))
-    # Whatever the augmentation, a black image stays darker than a white one.
-    brightness = batch.view2.mean(dim=(1, 2, 3))
+    # Whatever the augmentation, a black image stays darker than a white one in the first
+    # view, which is never solarized (a solarized white image is black).
+    brightness = batch.view1.mean(dim=(1, 2, 3))
     dark, light = brightness[batch.labels == 0], brightness[batch.labels == 1]
     assert len(dark) == len(light) == 6 and dark.max() < light.min()
 
@@ -135,3 +136,24 @@ def test_solarize_inverts_exactly_the_views_whose_choice_fired(tmp_path):
     assert solarized.any() and not solarized.all()
     assert (pixels.amax(dim=(1, 2, 3))[solarized] < 128).all()
     assert (pixels.amin(dim=(1, 2, 3))[~solarized] >= 137).all()
+
+
+@pytest.mark.parametrize("contrast, brightness", [(0.5, 1.0), (1.4, 0.8)])
+def test_contrast_pivots_on_each_images_mean_gray(contrast, brightness):
+    from nvidia.dali import fn, pipeline_def
+
+    from byol.data.dali import _contrast_then_brightness
+
+    # Three gray bands, 60, 100 and 140: the mean gray is the middle band. (DALI's own
+    # brightness_contrast pivots on mid-range, 128, by default.)
+    bands = np.array([60, 100, 140])
+    image = np.broadcast_to(bands.astype(np.uint8)[:, None, None], (3, 6, 3)).copy()
+
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None, seed=1)
+    def jitter():
+        images = fn.external_source(source=lambda: [image] * 2, layout="HWC")
+        return _contrast_then_brightness(images, brightness=brightness, contrast=contrast)
+
+    out = np.array(jitter().run()[0].as_tensor())
+    expected = np.clip(brightness * (100 + contrast * (bands - 100)), 0, 255)
+    assert np.allclose(out[:, :, 0, 0], expected, atol=1.0)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import math as dmath
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
@@ -38,6 +39,21 @@ def _solarize(images):
     return fn.cast(wide + above * (255 - 2 * wide), dtype=types.UINT8)
 
 
+def _contrast_then_brightness(images, brightness, contrast):
+    """Contrast around the image's own mean gray, as torchvision's and the official
+    implementation's do, then brightness; uint8 in and out, saturated. Written as arithmetic
+    because DALI's brightness_contrast takes its pivot only from the CPU, and the mean of an
+    image decoded on the GPU is on the GPU. The factors are numbers or per-sample CPU nodes."""
+    mean_gray = fn.reductions.mean(
+        fn.color_space_conversion(images, image_type=types.RGB, output_type=types.GRAY))
+    if images.device == "gpu":
+        brightness, contrast = (f.gpu() if hasattr(f, "gpu") else f
+                                for f in (brightness, contrast))
+    x = fn.cast(images, dtype=types.FLOAT)
+    x = brightness * (mean_gray + contrast * (x - mean_gray))
+    return fn.cast(dmath.clamp(x, 0, 255), dtype=types.UINT8)
+
+
 def _augmented_view(images, image_size: int, view: int, blur: bool):
     """(augmented view, its random choices (jitter, grayscale, blur, solarize) as 0/1).
     Without `blur`, no view is blurred."""
@@ -49,13 +65,8 @@ def _augmented_view(images, image_size: int, view: int, blur: bool):
                                random_aspect_ratio=[3 / 4, 4 / 3])
     x = fn.flip(x, horizontal=fn.random.coin_flip())
     if jitter:
-        # Contrast pivots on the crop's own mean gray, as torchvision's and the official
-        # implementation's do (DALI's default pivot is mid-range).
-        mean_gray = fn.reductions.mean(
-            fn.color_space_conversion(x, image_type=types.RGB, output_type=types.GRAY))
-        x = fn.brightness_contrast(x, brightness=fn.random.uniform(range=[0.6, 1.4]),
-                                   contrast=fn.random.uniform(range=[0.6, 1.4]),
-                                   contrast_center=mean_gray)
+        x = _contrast_then_brightness(x, brightness=fn.random.uniform(range=[0.6, 1.4]),
+                                      contrast=fn.random.uniform(range=[0.6, 1.4]))
         x = fn.hsv(x, saturation=fn.random.uniform(range=[0.8, 1.2]),
                    hue=fn.random.uniform(range=[-36.0, 36.0]))  # 0.1 of 360 degrees
     if gray:
