@@ -7,15 +7,19 @@ which is 2 - 2 cos(p_b, z_b) except for rows whose norm is below the floor.
 The loss is the sum over the two directions of the mean over rows (as `reference.byol_loss`).
 Inputs may be fp32 or bf16; all arithmetic is fp32. The target side gets no gradient.
 
-Registered as the custom op `byolctl::byol_loss` (`torch.library.triton_op`), so torch.compile
-traces it without a graph break; on the CPU the op runs the reference math.
+Registered as the custom op `byolctl::byol_loss` (`torch.library.custom_op`, with a fake
+implementation and an autograd formula), so torch.compile keeps it whole, without a graph
+break, and calls the kernels as they are; on the CPU the op runs the reference math.
+(`triton_op` would let the compiler trace into the kernels, but its mutation analysis takes
+every pointer handed to a helper such as `_load_tiles` as written, and then fails on inputs
+that are leaves requiring grad.)
 """
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import triton_op, wrap_triton
+from torch.library import custom_op
 
 from kernels.reference import NORM_EPS
 from kernels.reference import byol_loss as reference_loss
@@ -115,7 +119,7 @@ def loss_forward(online_1: Tensor, online_2: Tensor, target_1: Tensor, target_2:
     grid, meta = _launch_config(online_1)
     partial = torch.empty(grid[0], device=online_1.device, dtype=torch.float32)
     batch, dim = online_1.shape
-    wrap_triton(_forward_kernel)[grid](online_1, online_2, target_1, target_2, partial,
+    _forward_kernel[grid](online_1, online_2, target_1, target_2, partial,
                                        batch, dim, **meta)
     # Summing per-program partials, rather than atomics, keeps the result deterministic.
     return partial.sum() / batch
@@ -127,7 +131,7 @@ def loss_backward(online_1: Tensor, online_2: Tensor, target_1: Tensor, target_2
     grid, meta = _launch_config(online_1)
     grad_1, grad_2 = torch.empty_like(online_1), torch.empty_like(online_2)
     batch, dim = online_1.shape
-    wrap_triton(_backward_kernel)[grid](online_1, online_2, target_1, target_2,
+    _backward_kernel[grid](online_1, online_2, target_1, target_2,
                                         grad_loss.float().contiguous(), grad_1, grad_2,
                                         batch, dim, **meta)
     return grad_1, grad_2
@@ -135,16 +139,26 @@ def loss_backward(online_1: Tensor, online_2: Tensor, target_1: Tensor, target_2
 
 # ------------------------------------------------------------------------- the custom ops
 
-@triton_op("byolctl::byol_loss", mutates_args=())
+@custom_op("byolctl::byol_loss", mutates_args=())
 def byol_loss(online_1: Tensor, online_2: Tensor, target_1: Tensor, target_2: Tensor) -> Tensor:
     """Fused symmetric BYOL loss; see the module docstring. Inputs (B, D), contiguous."""
     return loss_forward(online_1, online_2, target_1, target_2)
 
 
-@triton_op("byolctl::byol_loss_backward", mutates_args=())
+@custom_op("byolctl::byol_loss_backward", mutates_args=())
 def _byol_loss_backward(online_1: Tensor, online_2: Tensor, target_1: Tensor,
                         target_2: Tensor, grad_loss: Tensor) -> tuple[Tensor, Tensor]:
     return loss_backward(online_1, online_2, target_1, target_2, grad_loss)
+
+
+@byol_loss.register_fake
+def _byol_loss_fake(online_1, online_2, target_1, target_2):
+    return online_1.new_empty((), dtype=torch.float32)
+
+
+@_byol_loss_backward.register_fake
+def _byol_loss_backward_fake(online_1, online_2, target_1, target_2, grad_loss):
+    return torch.empty_like(online_1), torch.empty_like(online_2)
 
 
 @byol_loss.register_kernel("cpu")
