@@ -1,6 +1,7 @@
 """What every measurement records beside its numbers: device, versions, commit and date."""
 
 import datetime
+import importlib
 import platform
 import subprocess
 from pathlib import Path
@@ -26,9 +27,10 @@ def bf16_peak(device: torch.device) -> float | None:
 def environment(device: torch.device) -> dict:
     """Device, library versions, git commit (when run from a checkout) and UTC date."""
     versions = {}
-    for name in ("torchvision", "triton"):
+    for name, module in (("torchvision", "torchvision"), ("triton", "triton"),
+                         ("nvidia-dali", "nvidia.dali")):
         try:
-            versions[name] = __import__(name).__version__
+            versions[name] = importlib.import_module(module).__version__
         except ImportError:
             versions[name] = None
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
