@@ -4,7 +4,8 @@ Each function takes a `backend`:
 - "eager": the plain-torch references in `kernels.reference`, per tensor; any device.
 - "fused": the Triton kernels, one launch per operation over flat buffers (`byol.flat`). They
   need a CUDA GPU, or the CPU under TRITON_INTERPRET=1 (slow; for tests). On the CPU the loss
-  uses the reference, because torch.compile cannot trace the Triton loss op there.
+  is always the reference, which is also what the loss op runs there; the kernel tests call
+  the Triton loss kernels directly.
 """
 
 import importlib
