@@ -138,22 +138,63 @@ def test_solarize_inverts_exactly_the_views_whose_choice_fired(tmp_path):
     assert (pixels.amin(dim=(1, 2, 3))[~solarized] >= 137).all()
 
 
-@pytest.mark.parametrize("contrast, brightness", [(0.5, 1.0), (1.4, 0.8)])
-def test_contrast_pivots_on_each_images_mean_gray(contrast, brightness):
+def _run_on_bands(bands, augment, batch_size=2):
+    """`augment` applied by a CPU DALI pipeline to a 3x6 image of three gray bands; the bands'
+    values in each output sample, (batch_size, 3)."""
     from nvidia.dali import fn, pipeline_def
 
-    from byol.data.dali import _contrast_then_brightness
+    image = np.broadcast_to(np.array(bands, np.uint8)[:, None, None], (3, 6, 3)).copy()
 
-    # Three gray bands, 60, 100 and 140: the mean gray is the middle band. (DALI's own
-    # brightness_contrast pivots on mid-range, 128, by default.)
-    bands = np.array([60, 100, 140])
-    image = np.broadcast_to(bands.astype(np.uint8)[:, None, None], (3, 6, 3)).copy()
+    @pipeline_def(batch_size=batch_size, num_threads=1, device_id=None, seed=1,
+                  enable_conditionals=True)
+    def pipeline():
+        return augment(fn.external_source(source=lambda: [image] * batch_size, layout="HWC"))
 
-    @pipeline_def(batch_size=2, num_threads=1, device_id=None, seed=1)
-    def jitter():
-        images = fn.external_source(source=lambda: [image] * 2, layout="HWC")
-        return _contrast_then_brightness(images, brightness=brightness, contrast=contrast)
+    return np.array(pipeline().run()[0].as_tensor())[:, :, 0, 0].astype(float)
 
-    out = np.array(jitter().run()[0].as_tensor())
-    expected = np.clip(brightness * (100 + contrast * (bands - 100)), 0, 255)
-    assert np.allclose(out[:, :, 0, 0], expected, atol=1.0)
+
+@pytest.mark.parametrize("factor", [0.5, 1.4])
+def test_contrast_pivots_on_each_images_mean_gray(factor):
+    from byol.data.dali import _contrast
+
+    # The mean gray of bands 60, 100, 140 is the middle band. (DALI's own brightness_contrast
+    # pivots on mid-range, 128, by default.)
+    out = _run_on_bands([60, 100, 140], lambda images: _contrast(images, factor))
+    assert np.allclose(out, 100 + factor * (np.array([60, 100, 140]) - 100), atol=1.0)
+
+
+# Brightness 1.4 then contrast 0.6 saturates differently from the other order.
+BANDS = np.array([100, 200, 250])
+BRIGHTER_FIRST = 0.6 * np.minimum(1.4 * BANDS, 255) + 0.4 * np.minimum(1.4 * BANDS, 255).mean()
+CONTRAST_FIRST = np.minimum(1.4 * (0.6 * BANDS + 0.4 * BANDS.mean()), 255)
+
+
+@pytest.mark.parametrize("keys, expected", [([0.1, 0.2, 0.3, 0.4], BRIGHTER_FIRST),
+                                            ([0.2, 0.1, 0.3, 0.4], CONTRAST_FIRST)])
+def test_color_jitter_applies_its_adjustments_in_the_order_of_their_keys(keys, expected):
+    from nvidia.dali import types
+
+    from byol.data.dali import _color_jitter
+
+    def jitter(images):
+        fixed = [types.Constant(k, dtype=types.FLOAT, device="cpu") for k in keys]
+        return _color_jitter(images, brightness=1.4, contrast=0.6, saturation=1.0, hue=0.0,
+                             keys=fixed)
+
+    assert np.allclose(_run_on_bands(BANDS, jitter), expected, atol=1.5)
+
+
+def test_color_jitter_order_is_drawn_per_sample():
+    from nvidia.dali import fn
+
+    from byol.data.dali import _color_jitter
+
+    def jitter(images):
+        return _color_jitter(images, brightness=1.4, contrast=0.6, saturation=1.0, hue=0.0,
+                             keys=[fn.random.uniform(range=[0.0, 1.0]) for _ in range(4)])
+
+    out = _run_on_bands(BANDS, jitter, batch_size=64)
+    brighter_first = np.abs(out - BRIGHTER_FIRST).max(axis=1) < 1.5
+    contrast_first = np.abs(out - CONTRAST_FIRST).max(axis=1) < 1.5
+    assert (brighter_first | contrast_first).all()
+    assert 16 < brighter_first.sum() < 48  # half of 64 each way, give or take

@@ -7,8 +7,7 @@ or images in memory (the demo dataset).
 
 Decoding runs on the GPU (`device="mixed"`) when training there, and on DALI's CPU operators
 (`device_id=None`) otherwise. The augmentations are BYOL's (see `byol.data.augment`), each
-random choice drawn per sample. Color jitter applies contrast, brightness, saturation and hue
-in that fixed order, where torchvision shuffles the order per sample.
+random choice drawn per sample, the order of the color jitter's four adjustments included.
 """
 
 from collections.abc import Iterator
@@ -39,19 +38,44 @@ def _solarize(images):
     return fn.cast(wide + above * (255 - 2 * wide), dtype=types.UINT8)
 
 
-def _contrast_then_brightness(images, brightness, contrast):
-    """Contrast around the image's own mean gray, as torchvision's and the official
-    implementation's do, then brightness; uint8 in and out, saturated. Written as arithmetic
-    because DALI's brightness_contrast takes its pivot only from the CPU, and the mean of an
-    image decoded on the GPU is on the GPU. The factors are numbers or per-sample CPU nodes."""
+def _on_device_of(images, factor):
+    """A per-sample factor (a CPU node or a number) where `images` are, for arithmetic."""
+    return factor.gpu() if images.device == "gpu" and hasattr(factor, "gpu") else factor
+
+
+def _saturate(x):
+    return fn.cast(dmath.clamp(x, 0, 255), dtype=types.UINT8)
+
+
+def _brightness(images, factor):
+    """Pixels scaled by `factor`, saturated to uint8."""
+    return _saturate(fn.cast(images, dtype=types.FLOAT) * _on_device_of(images, factor))
+
+
+def _contrast(images, factor):
+    """Pixels moved away from (or towards) the image's own mean gray, as torchvision's and the
+    official implementation's contrast does, saturated to uint8. Written as arithmetic because
+    DALI's brightness_contrast takes its pivot only from the CPU, and the mean of an image
+    decoded on the GPU is on the GPU."""
     mean_gray = fn.reductions.mean(
         fn.color_space_conversion(images, image_type=types.RGB, output_type=types.GRAY))
-    if images.device == "gpu":
-        brightness, contrast = (f.gpu() if hasattr(f, "gpu") else f
-                                for f in (brightness, contrast))
     x = fn.cast(images, dtype=types.FLOAT)
-    x = brightness * (mean_gray + contrast * (x - mean_gray))
-    return fn.cast(dmath.clamp(x, 0, 255), dtype=types.UINT8)
+    return _saturate(mean_gray + _on_device_of(images, factor) * (x - mean_gray))
+
+
+def _color_jitter(images, brightness, contrast, saturation, hue, keys):
+    """The four adjustments, each saturating to uint8, in a per-sample random order as in the
+    paper (and torchvision's ColorJitter): the adjustment with the k-th smallest of the four
+    `keys` comes k-th. Factors and keys are numbers or per-sample CPU nodes; hue in degrees."""
+    steps = (lambda x: _brightness(x, brightness), lambda x: _contrast(x, contrast),
+             lambda x: fn.hsv(x, saturation=saturation), lambda x: fn.hsv(x, hue=hue))
+    ranks = [sum(fn.cast(other < key, dtype=types.INT32) for other in keys if other is not key)
+             for key in keys]
+    for position in range(len(steps)):
+        for rank, step in zip(ranks, steps):
+            if rank == position:
+                images = step(images)
+    return images
 
 
 def _augmented_view(images, image_size: int, view: int, blur: bool):
@@ -62,13 +86,14 @@ def _augmented_view(images, image_size: int, view: int, blur: bool):
     jitter, gray, blur, solarize = (fn.random.coin_flip(probability=p)
                                     for p in (0.8, 0.2, blur_p, solarize_p))
     x = fn.random_resized_crop(images, size=image_size, random_area=[0.08, 1.0],
-                               random_aspect_ratio=[3 / 4, 4 / 3])
+                               random_aspect_ratio=[3 / 4, 4 / 3], interp_type=types.INTERP_CUBIC)
     x = fn.flip(x, horizontal=fn.random.coin_flip())
     if jitter:
-        x = _contrast_then_brightness(x, brightness=fn.random.uniform(range=[0.6, 1.4]),
-                                      contrast=fn.random.uniform(range=[0.6, 1.4]))
-        x = fn.hsv(x, saturation=fn.random.uniform(range=[0.8, 1.2]),
-                   hue=fn.random.uniform(range=[-36.0, 36.0]))  # 0.1 of 360 degrees
+        x = _color_jitter(x, brightness=fn.random.uniform(range=[0.6, 1.4]),
+                          contrast=fn.random.uniform(range=[0.6, 1.4]),
+                          saturation=fn.random.uniform(range=[0.8, 1.2]),
+                          hue=fn.random.uniform(range=[-36.0, 36.0]),  # 0.1 of 360 degrees
+                          keys=[fn.random.uniform(range=[0.0, 1.0]) for _ in range(4)])
     if gray:
         x = fn.hsv(x, saturation=0.0)  # grayscale (luma), kept in 3 channels
     if blur:

@@ -110,11 +110,13 @@ def labeled_pipeline(read, image_size: int, augment: bool):
     images, labels = read()
     if augment:
         images = fn.random_resized_crop(images, size=image_size, random_area=[0.08, 1.0],
-                                        random_aspect_ratio=[3 / 4, 4 / 3])
+                                        random_aspect_ratio=[3 / 4, 4 / 3],
+                                        interp_type=types.INTERP_CUBIC)
         mirror = fn.random.coin_flip()
     else:
         fraction = CENTER_CROP_FRACTION if image_size > 64 else 1.0
-        images = fn.resize(images, resize_shorter=round(image_size / fraction))
+        images = fn.resize(images, resize_shorter=round(image_size / fraction),
+                           interp_type=types.INTERP_CUBIC)
         mirror = 0
     images = fn.crop_mirror_normalize(images, crop=(image_size, image_size), mirror=mirror,
                                       dtype=types.FLOAT, output_layout="CHW",
