@@ -33,8 +33,10 @@ def environment(device: torch.device) -> dict:
             versions[name] = importlib.import_module(module).__version__
         except ImportError:
             versions[name] = None
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False, cwd=Path(__file__).parent).stdout.strip()
+    # "-dirty" marks numbers measured on a tree that differs from its commit.
+    commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"],
+                            capture_output=True, text=True, check=False,
+                            cwd=Path(__file__).parent).stdout.strip()
     return {
         "device": device_name(device),
         "torch": torch.__version__,
