@@ -2,8 +2,9 @@
 (`byol.data.dali`) and its tests.
 
 Order and numbers from the paper: random resized crop (area 0.08-1, aspect 3/4-4/3, bicubic),
-flip p=0.5, color jitter p=0.8 (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, in a
-random order per sample), grayscale p=0.2,
+flip p=0.5, color jitter p=0.8 (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1; the
+paper draws their order per sample, the DALI pipeline fixes it, see `_color_jitter`),
+grayscale p=0.2,
 gaussian blur (sigma 0.1-2.0, kernel ~10% of the size) p=1.0 for view 1 and 0.1 for view 2,
 solarize at 0.5 p=0.0 for view 1 and 0.2 for view 2, then normalization with the ImageNet mean
 and std.

@@ -7,7 +7,8 @@ or images in memory (the demo dataset).
 
 Decoding runs on the GPU (`device="mixed"`) when training there, and on DALI's CPU operators
 (`device_id=None`) otherwise. The augmentations are BYOL's (see `byol.data.augment`), each
-random choice drawn per sample, the order of the color jitter's four adjustments included.
+random choice drawn per sample; the color jitter's adjustments come in a fixed order (see
+`_color_jitter`).
 """
 
 from collections.abc import Iterator
@@ -53,29 +54,28 @@ def _brightness(images, factor):
 
 
 def _contrast(images, factor):
-    """Pixels moved away from (or towards) the image's own mean gray, as torchvision's and the
-    official implementation's contrast does, saturated to uint8. Written as arithmetic because
-    DALI's brightness_contrast takes its pivot only from the CPU, and the mean of an image
-    decoded on the GPU is on the GPU."""
+    """Pixels moved away from (or towards) the image's own mean gray, as torchvision's contrast
+    does (the official implementation pivots each channel on its own mean), saturated to
+    uint8. Written as arithmetic because DALI's brightness_contrast takes its pivot only from
+    the CPU, and the mean of an image decoded on the GPU is on the GPU."""
     mean_gray = fn.reductions.mean(
         fn.color_space_conversion(images, image_type=types.RGB, output_type=types.GRAY))
     x = fn.cast(images, dtype=types.FLOAT)
     return _saturate(mean_gray + _on_device_of(images, factor) * (x - mean_gray))
 
 
-def _color_jitter(images, brightness, contrast, saturation, hue, keys):
-    """The four adjustments, each saturating to uint8, in a per-sample random order as in the
-    paper (and torchvision's ColorJitter): the adjustment with the k-th smallest of the four
-    `keys` comes k-th. Factors and keys are numbers or per-sample CPU nodes; hue in degrees."""
-    steps = (lambda x: _brightness(x, brightness), lambda x: _contrast(x, contrast),
-             lambda x: fn.hsv(x, saturation=saturation), lambda x: fn.hsv(x, hue=hue))
-    ranks = [sum(fn.cast(other < key, dtype=types.INT32) for other in keys if other is not key)
-             for key in keys]
-    for position in range(len(steps)):
-        for rank, step in zip(ranks, steps):
-            if rank == position:
-                images = step(images)
-    return images
+def _color_jitter(images, brightness, contrast, saturation, hue):
+    """Brightness, contrast, then saturation and hue (degrees), each saturating to uint8.
+
+    The paper draws the order of the four per sample. Here they commute except where values
+    clip at 0 or 255: brightness scales, contrast pivots on the mean luma, and DALI's
+    saturation and hue scale and rotate the YIQ chroma plane, keeping luma (see the test). With
+    the order drawn per sample (DALI conditionals, 16 per view), the pipeline alone delivered
+    4,600 images/s at 32 px on an H100, below the 6,400 the whole trainer had reached with a
+    fixed order; so the order is fixed.
+    """
+    images = _contrast(_brightness(images, brightness), contrast)
+    return fn.hsv(images, saturation=saturation, hue=hue)
 
 
 def _augmented_view(images, image_size: int, view: int, blur: bool):
@@ -92,8 +92,7 @@ def _augmented_view(images, image_size: int, view: int, blur: bool):
         x = _color_jitter(x, brightness=fn.random.uniform(range=[0.6, 1.4]),
                           contrast=fn.random.uniform(range=[0.6, 1.4]),
                           saturation=fn.random.uniform(range=[0.8, 1.2]),
-                          hue=fn.random.uniform(range=[-36.0, 36.0]),  # 0.1 of 360 degrees
-                          keys=[fn.random.uniform(range=[0.0, 1.0]) for _ in range(4)])
+                          hue=fn.random.uniform(range=[-36.0, 36.0]))  # 0.1 of 360 degrees
     if gray:
         x = fn.hsv(x, saturation=0.0)  # grayscale (luma), kept in 3 channels
     if blur:
