@@ -70,10 +70,10 @@ def test_the_fused_loss_compiled_on_the_gpu_matches_the_reference(dtype):
 
 
 def test_a_fused_run_tracks_an_eager_run_on_the_gpu(tiny):
-    # In fp32: under bf16 autocast, last-bit differences between the fused and the eager
-    # loss and optimizer change how the next forward pass rounds to bf16, and a tiny network
-    # at a high learning rate was seen drifting 1.5% apart by the fourth step.
-    settings = {**tiny, "device": "cuda", "steps": 4, "precision": "fp32", "compile": False}
+    # Three fp32 steps. On an H100 two eager runs of this tiny network (batch 8) with the same
+    # seed agree exactly for three steps, then cuDNN's unordered sums grow chaotically (5%
+    # apart by step 6), and bf16 runs drift sooner; fused and eager were 1.3e-4 apart.
+    settings = {**tiny, "device": "cuda", "steps": 3, "precision": "fp32", "compile": False}
     eager = _losses({**settings, "kernels": "eager"}, "eager")
     fused = _losses({**settings, "kernels": "fused"}, "fused")
     assert fused == pytest.approx(eager, rel=1e-3)
