@@ -7,7 +7,7 @@ foreach and fused Triton kernels, side by side, against the measured copy bandwi
 Every implementation is first checked against `kernels.reference`, then timed
 (`triton.testing.do_bench` on the GPU; the median of a few calls on the CPU); see
 `byol.profiling.ops` for the bytes each operation counts. The fused kernels need a GPU; on
-the CPU they are skipped. Results go to benchmarks/results/ with DESIGN's targets.
+the CPU they are skipped. Results go to benchmarks/results/ with the targets (see README).
 """
 
 import argparse

@@ -119,8 +119,7 @@ def loss_forward(online_1: Tensor, online_2: Tensor, target_1: Tensor, target_2:
     grid, meta = _launch_config(online_1)
     partial = torch.empty(grid[0], device=online_1.device, dtype=torch.float32)
     batch, dim = online_1.shape
-    _forward_kernel[grid](online_1, online_2, target_1, target_2, partial,
-                                       batch, dim, **meta)
+    _forward_kernel[grid](online_1, online_2, target_1, target_2, partial, batch, dim, **meta)
     # Summing per-program partials, rather than atomics, keeps the result deterministic.
     return partial.sum() / batch
 
@@ -132,8 +131,7 @@ def loss_backward(online_1: Tensor, online_2: Tensor, target_1: Tensor, target_2
     grad_1, grad_2 = torch.empty_like(online_1), torch.empty_like(online_2)
     batch, dim = online_1.shape
     _backward_kernel[grid](online_1, online_2, target_1, target_2,
-                                        grad_loss.float().contiguous(), grad_1, grad_2,
-                                        batch, dim, **meta)
+                           grad_loss.float().contiguous(), grad_1, grad_2, batch, dim, **meta)
     return grad_1, grad_2
 
 

@@ -37,7 +37,8 @@ TINY = {
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 # Kernel tests run under the interpreter on the CPU; on a GPU machine,
-# `TRITON_INTERPRET=0 pytest tests/test_*_kernel.py` runs the same tests compiled on the GPU.
+# `TRITON_INTERPRET=0 pytest tests/test_gpu.py tests/test_*_kernel.py` runs the GPU tests and
+# the same kernel tests compiled for the GPU.
 KERNEL_DEVICE = ("cuda" if torch.cuda.is_available() and os.environ["TRITON_INTERPRET"] != "1"
                  else "cpu")
 

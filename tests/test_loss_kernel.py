@@ -60,7 +60,7 @@ def test_the_custom_op_on_the_cpu_matches_the_reference_and_spares_the_target():
 
 
 def test_compiling_a_function_that_uses_the_loss_has_no_graph_break():
-    # Outside the interpreter: under it, tracing with fake tensors reaches into the kernel.
+    # In a fresh process without the interpreter, as a user's program would compile it.
     code = (
         "import torch, kernels.loss\n"
         "def f(a, b, c, d):\n"

@@ -3,8 +3,9 @@ kernels with and without torch.compile, and optionally the data pipeline, in one
 
     byolctl profile --arch resnet50 --batch-size 256 --image-size 224 --precision bf16
 
-Compared with DESIGN's targets where they were measured. What cannot be measured on this
-machine (fused kernels without a GPU, ...) is listed in the result's `not_measured`.
+Compared with the performance targets (README, Benchmarks) where they were measured. What
+cannot be measured on this machine (fused kernels without a GPU, ...) is listed in the
+result's `not_measured`.
 """
 
 import dataclasses
@@ -19,7 +20,7 @@ from byol.profiling.environment import bf16_peak, environment
 from byol.profiling.ops import byol_shapes, profile_ops, rows_as_dicts
 from byol.profiling.step import flops_per_image, time_data, time_steps
 
-# DESIGN's targets for the fused kernels: (least share of copy bandwidth, baseline, least
+# The performance targets for the fused kernels: (least share of copy bandwidth, baseline, least
 # speedup over that baseline).
 KERNEL_TARGETS = {"ema": (0.85, "foreach", 1.0), "lars": (0.80, "foreach", 3.0),
                   "loss": (None, "eager", 2.0)}
@@ -112,7 +113,7 @@ def profile(settings: ProfileSettings,
 
 
 def targets(result: dict[str, Any]) -> dict[str, dict]:
-    """DESIGN's targets that this result measured, each with `met`."""
+    """The performance targets that this result measured, each with `met`."""
     verdicts = {}
     ops = {(r["op"], r["impl"]): r for r in result["ops"]}
     for op, (min_share, baseline, min_speedup) in KERNEL_TARGETS.items():
