@@ -149,16 +149,16 @@ def _run_on(image, augment, batch_size=2):
     return np.array(pipeline().run()[0].as_tensor()).astype(float)
 
 
-@pytest.mark.parametrize("factor", [0.5, 1.4])
-def test_contrast_pivots_on_each_images_mean_gray(factor):
-    from byol.data.dali import _contrast
+@pytest.mark.parametrize("contrast, brightness", [(0.5, 1.0), (1.4, 0.8)])
+def test_contrast_pivots_on_each_images_mean_gray(contrast, brightness):
+    from byol.data.dali import _brightness_contrast
 
     # The mean gray of bands 60, 100, 140 is the middle band. (DALI's own brightness_contrast
     # pivots on mid-range, 128, by default.)
     bands = np.array([60, 100, 140])
     image = np.broadcast_to(bands.astype(np.uint8)[:, None, None], (3, 6, 3)).copy()
-    out = _run_on(image, lambda images: _contrast(images, factor))[:, :, 0, 0]
-    assert np.allclose(out, 100 + factor * (bands - 100), atol=1.0)
+    out = _run_on(image, lambda x: _brightness_contrast(x, brightness, contrast))[:, :, 0, 0]
+    assert np.allclose(out, brightness * (100 + contrast * (bands - 100)), atol=1.0)
 
 
 def test_the_jitter_adjustments_commute_away_from_clipping():
@@ -167,9 +167,10 @@ def test_the_jitter_adjustments_commute_away_from_clipping():
 
     from nvidia.dali import fn
 
-    from byol.data.dali import _brightness, _contrast
+    from byol.data.dali import _brightness_contrast
 
-    adjustments = (lambda x: _brightness(x, 1.3), lambda x: _contrast(x, 0.7),
+    adjustments = (lambda x: _brightness_contrast(x, 1.3, 1.0),
+                   lambda x: _brightness_contrast(x, 1.0, 0.7),
                    lambda x: fn.hsv(x, saturation=1.2), lambda x: fn.hsv(x, hue=30.0))
     image = np.random.default_rng(0).integers(100, 150, (8, 8, 3), dtype=np.uint8)
 
