@@ -96,13 +96,24 @@ def test_every_image_appears_once_per_epoch_across_ranks(tmp_path):
         assert sorted(flat) == list(range(12)), f"epoch {epoch}: {sorted(flat)}"
 
 
+def test_ranks_draw_their_own_augmentations(tmp_path):
+    # Every image is the same, so views can differ between ranks only through their draws.
+    (tmp_path / "a").mkdir()
+    for i in range(8):
+        Image.new("RGB", (16, 16), (200, 40, 90)).save(tmp_path / "a" / f"{i}.png")
+    first = [next(iter(_loader(tmp_path, batch_size=4, rank=r, world_size=2))) for r in (0, 1)]
+    assert not torch.equal(first[0].view1, first[1].view1)
+    assert not torch.equal(first[0].view2, first[1].view2)
+
+
 @pytest.mark.parametrize("blur", [True, False])
 def test_augmentation_rates_per_view_match_byol(cifar_folder, blur):
     from byol.data.dali import folder_reader, two_view_pipeline
     from byol.data.folders import scan_image_folder
 
     files, labels, _ = scan_image_folder(cifar_folder)
-    pipeline = two_view_pipeline(read=folder_reader(files, labels, 0, 1, on_gpu=False),
+    read = folder_reader(files, labels, 0, 1, seed=0, on_gpu=False)
+    pipeline = two_view_pipeline(read=read,
                                  image_size=8, blur=blur, with_choices=True, batch_size=30,
                                  num_threads=1, device_id=None, seed=11)
     choices = {1: [], 2: []}
@@ -124,7 +135,8 @@ def test_solarize_inverts_exactly_the_views_whose_choice_fired(tmp_path):
     (tmp_path / "a").mkdir()
     Image.new("RGB", (16, 16), (230, 230, 230)).save(tmp_path / "a" / "light.png")
     # Any brightness jitter keeps 230 at 138 or above; solarize maps that below 128.
-    read = folder_reader([str(tmp_path / "a" / "light.png")] * 50, [0] * 50, 0, 1, on_gpu=False)
+    read = folder_reader([str(tmp_path / "a" / "light.png")] * 50, [0] * 50, 0, 1, seed=0,
+                         on_gpu=False)
     pipeline = two_view_pipeline(read=read, image_size=8, with_choices=True, batch_size=50,
                                  num_threads=1, device_id=None, seed=3)
     outputs = pipeline.run()

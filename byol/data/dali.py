@@ -105,11 +105,13 @@ def decode_images(encoded, on_gpu: bool):
 
 
 def folder_reader(files: list[str], labels: list[int], shard_id: int, num_shards: int,
-                  on_gpu: bool):
-    """Decoded images of `files`: each once per epoch across shards, reshuffled each epoch."""
+                  seed: int, on_gpu: bool):
+    """Decoded images of `files`: each once per epoch across shards, reshuffled each epoch
+    (the same shuffle on every shard, from `seed`)."""
     def read():
         encoded, label = fn.readers.file(files=files, labels=labels, shuffle_after_epoch=True,
-                                         shard_id=shard_id, num_shards=num_shards, name=READER)
+                                         shard_id=shard_id, num_shards=num_shards, seed=seed,
+                                         name=READER)
         return decode_images(encoded, on_gpu), label
     return read
 
@@ -189,7 +191,8 @@ class DaliLoader(TwoViewLoader):
     in the data is DALI's own checkpoint (reader progress and random state)."""
 
     def __init__(self, read, num_images: int, *, image_size: int, batch_size: int, seed: int,
-                 workers: int, device: torch.device, blur: bool = True, world_size: int = 1,
+                 workers: int, device: torch.device, blur: bool = True, rank: int = 0,
+                 world_size: int = 1,
                  classes: list[str] | None = None, skipped: list[tuple[str, str]] | None = None,
                  has_reader: bool = True, source: str = "demo", find_bad_image: str = ""):
         """`source` and `find_bad_image` name the data and say how to find an image that
@@ -200,7 +203,7 @@ class DaliLoader(TwoViewLoader):
         self.skipped = skipped or []
         self._pipeline_args = dict(
             read=read, image_size=image_size, blur=blur, batch_size=batch_size,
-            num_threads=max(1, workers), seed=seed,
+            num_threads=max(1, workers), seed=augmentation_seed(seed, rank),
             device_id=device.index or 0 if device.type == "cuda" else None,
         )
         # Readers know their epoch size; an external source ends its epoch itself.
@@ -245,6 +248,12 @@ class DaliLoader(TwoViewLoader):
         self._dali_checkpoint = state.get("dali")
 
 
+def augmentation_seed(seed: int, rank: int) -> int:
+    """The DALI pipeline seed of process `rank`: `seed` itself on rank 0, another on each other
+    rank, so that ranks draw independent augmentations (the readers shuffle from `seed`)."""
+    return seed if rank == 0 else (seed + rank * 1_000_003) % 2**31
+
+
 def _decoder_failure(error: RuntimeError) -> str:
     """The decoder's own words from a DALI pipeline error (the line after "encountered:")."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -270,9 +279,10 @@ def folder_loader(root: Path, *, strict: bool = False, rank: int = 0, world_size
         raise UserError(f"--data {root}: none of its {len(files)} images can be read; run "
                         "byolctl data check on it.")
     files, labels = map(list, zip(*usable))
-    read = folder_reader(files, labels, rank, world_size, kwargs["device"].type == "cuda")
+    read = folder_reader(files, labels, rank, world_size, kwargs["seed"],
+                         kwargs["device"].type == "cuda")
     return DaliLoader(read, len(files), classes=classes, skipped=skipped,
-                      world_size=world_size, source=str(root),
+                      rank=rank, world_size=world_size, source=str(root),
                       find_bad_image=f"Find it with: byolctl data check {root} (which decodes "
                       "every image), move it out, and resume with --resume auto.", **kwargs)
 
@@ -282,9 +292,10 @@ def shards_loader(data: str, *, rank: int = 0, world_size: int = 1, **kwargs) ->
     shards = find_shards(data)
     read = shard_reader(shards.paths, rank, world_size, kwargs["seed"],
                         kwargs["device"].type == "cuda")
-    return DaliLoader(read, shards.images, classes=shards.classes, world_size=world_size,
-                      source=data, find_bad_image="Check the folder the shards were written "
-                      "from with byolctl data check, then write them again.", **kwargs)
+    return DaliLoader(read, shards.images, classes=shards.classes, rank=rank,
+                      world_size=world_size, source=data,
+                      find_bad_image="Check the folder the shards were written from with "
+                      "byolctl data check, then write them again.", **kwargs)
 
 
 def in_memory_loader(images: torch.Tensor, labels: torch.Tensor, *, rank: int = 0,
@@ -293,7 +304,8 @@ def in_memory_loader(images: torch.Tensor, labels: torch.Tensor, *, rank: int = 
     per_shard = len(images) // (kwargs["batch_size"] * world_size) * kwargs["batch_size"]
     read = in_memory_reader(images, labels, per_shard, kwargs["seed"], rank, world_size,
                             kwargs["device"].type == "cuda")
-    return DaliLoader(read, len(images), world_size=world_size, has_reader=False, **kwargs)
+    return DaliLoader(read, len(images), rank=rank, world_size=world_size, has_reader=False,
+                      **kwargs)
 
 
 def demo_loader(**kwargs) -> DaliLoader:
