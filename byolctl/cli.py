@@ -4,6 +4,7 @@
     byolctl pretrain --arch resnet50 --data random --steps 50
 """
 
+import signal
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,14 @@ def pretrain(
                   f"Checkpoint: {summary.checkpoint}")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point of the `byolctl` command."""
+    # A SIGTERM (a scheduler's stop, or torchrun passing one on) outside the training loop,
+    # which checkpoints on it, ends the command as Ctrl-C does, with one line and status 1,
+    # instead of killing it without a word.
+    signal.signal(signal.SIGTERM, _interrupt)
     app()

@@ -101,6 +101,24 @@ def test_sigterm_finishes_the_step_saves_and_says_how_to_resume(tmp_path):
     assert 3 <= state["step"] < 2000 and state["step"] == _logged_steps(run)[-1]
 
 
+def test_a_sigterm_during_start_up_ends_the_command_with_one_line(tmp_path):
+    # The SIGTERM arrives while the trainer is being built, before the training loop.
+    settings = _write_settings(tmp_path / "tiny.yaml")
+    script = ("import os, signal, sys\n"
+              "from unittest import mock\n"
+              "import byol.pretrain\n"
+              "from byolctl.cli import main\n"
+              "def build(*args, **kwargs):\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "with mock.patch.object(byol.pretrain, 'Trainer', build):\n"
+              "    main()\n")
+    command = [sys.executable, "-c", script, "pretrain", "--config", str(settings),
+               "--out", str(tmp_path / "run")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "Interrupted" in done.stderr
+
+
 @pytest.mark.slow
 def test_a_second_ctrl_c_exits_at_once_and_leaves_every_file_whole(tmp_path):
     settings, run, _ = _signal_a_run(tmp_path, [signal.SIGINT, signal.SIGINT],
