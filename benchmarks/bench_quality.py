@@ -6,6 +6,7 @@ network at random init.
         --train-images 10000 --val-images 2000                           # a short CPU run
     python benchmarks/bench_quality.py --epochs 100 --run-dir .cache/q100  # resumable
     python benchmarks/bench_quality.py --epochs 100 --knn-every 975        # with a kNN curve
+    python benchmarks/bench_quality.py --epochs 100 --weight-decay 5e-4    # another recipe
 
 A run stopped by SIGTERM or Ctrl-C (a job's time limit, say) checkpoints and records nothing;
 the same command with the same `--run-dir` continues it, and the recorded pretraining wall time
@@ -15,10 +16,11 @@ records its curve; the recorded wall time then includes the monitor.
 
 Uses the CIFAR-10 JPEGs of the shared data folder (unpacked once into .cache/cifar10/):
 ResNet-18 with the small stem and the `cifar` preset (lr 1.0 per 256, wd 1e-5, LARS eta 0.02,
-tau_base 0.99). The step-0 checkpoint is the random-init baseline. kNN is weighted (k=200,
-T=0.1; k=20 on small subsets); the linear classifier uses the cached protocol. Records epochs,
-pretraining wall time and the accuracies in benchmarks/results/. The GPU target: kNN top-1 of
-at least 85% after 100 epochs.
+tau_base 0.99); `--lr`, `--weight-decay` and `--tau-base` replace its values, and the result
+and its file name say which. The step-0 checkpoint is the random-init baseline. kNN is
+weighted (k=200, T=0.1; k=20 on small subsets); the linear classifier uses the cached
+protocol. Records epochs, pretraining wall time and the accuracies in benchmarks/results/.
+The GPU target: kNN top-1 of at least 85% after 100 epochs.
 """
 
 import argparse
@@ -41,6 +43,8 @@ from byol.pretrain import prepare_run  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 CACHE = REPO / ".cache"
+# Hyperparameters a run may set instead of the cifar preset's, to compare recipes.
+RECIPE_FLAGS = ("lr", "weight_decay", "tau_base")
 
 
 def cifar10() -> Path:
@@ -119,6 +123,9 @@ def main() -> None:
                         help="continue the run in this folder, if it holds one")
     parser.add_argument("--knn-every", type=int, default=0,
                         help="steps between kNN monitor checks, recorded as a curve; 0: none")
+    for flag in RECIPE_FLAGS:
+        parser.add_argument(f"--{flag.replace('_', '-')}", type=float,
+                            help="instead of the cifar preset's value (named in the result)")
     args = parser.parse_args()
 
     data = subset(cifar10(), args.train_images, args.val_images)
@@ -129,6 +136,9 @@ def main() -> None:
                  "warmup_epochs": args.warmup_epochs or min(10.0, args.epochs / 10),
                  "workers": args.workers, "seed": args.seed, "knn_every": args.knn_every,
                  "probe": False}
+    changed = {flag: getattr(args, flag) for flag in RECIPE_FLAGS
+               if getattr(args, flag) is not None}
+    overrides.update(changed)
     trainer, resumed_from = prepare_run("cifar", overrides, run_dir, "auto")
     init = run_dir / "init.pt"
     if resumed_from is None:
@@ -149,6 +159,8 @@ def main() -> None:
         **environment(trainer.device),
         "arch": "resnet18 (small stem)", "preset": "cifar", "epochs": args.epochs,
         "warmup_epochs": trainer.config.warmup_epochs, "lars_clip": trainer.config.lars_clip,
+        **{flag: getattr(trainer.config, flag) for flag in RECIPE_FLAGS},
+        "changed_from_preset": sorted(changed),
         "blur": trainer.config.blur, "precision": trainer.config.precision,
         "compile": trainer.config.compile, "kernels": trainer.config.kernels,
         "steps": summary.step, "image_size": args.image_size, "batch_size": args.batch_size,
@@ -163,7 +175,9 @@ def main() -> None:
     for key, value in result.items():
         print(f"{key:>18}: {value}")
     blur = "" if trainer.config.blur else "-noblur"
-    slug = f"quality-cifar10-{args.epochs}ep-{args.image_size}px{blur}-{trainer.device.type}"
+    recipe = "".join(f"-{flag.replace('_', '')}{value:g}" for flag, value in changed.items())
+    slug = (f"quality-cifar10-{args.epochs}ep-{args.image_size}px{blur}{recipe}-"
+            f"{trainer.device.type}")
     print(f"saved {save_result(slug, result)}")
 
 
