@@ -192,9 +192,9 @@ class DaliLoader(TwoViewLoader):
 
     def __init__(self, read, num_images: int, *, image_size: int, batch_size: int, seed: int,
                  workers: int, device: torch.device, blur: bool = True, rank: int = 0,
-                 world_size: int = 1,
-                 classes: list[str] | None = None, skipped: list[tuple[str, str]] | None = None,
-                 has_reader: bool = True, source: str = "demo", find_bad_image: str = ""):
+                 world_size: int = 1, classes: list[str] | None = None,
+                 skipped: list[tuple[str, str]] | None = None, has_reader: bool = True,
+                 source: str = "demo", find_bad_image: str = ""):
         """`source` and `find_bad_image` name the data and say how to find an image that
         stops the decoder, for the error message."""
         super().__init__(num_images, batch_size, world_size)
@@ -249,9 +249,9 @@ class DaliLoader(TwoViewLoader):
 
 
 def augmentation_seed(seed: int, rank: int) -> int:
-    """The DALI pipeline seed of process `rank`: `seed` itself on rank 0, another on each other
-    rank, so that ranks draw independent augmentations (the readers shuffle from `seed`)."""
-    return seed if rank == 0 else (seed + rank * 1_000_003) % 2**31
+    """The DALI pipeline seed of process `rank` (`seed` itself on rank 0), so that ranks draw
+    independent augmentations; the readers shuffle from `seed` on every rank."""
+    return (seed + rank * 1_000_003) % 2**31
 
 
 def _decoder_failure(error: RuntimeError) -> str:
