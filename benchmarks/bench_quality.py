@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--linear-epochs", type=int, default=100)
     parser.add_argument("--device", choices=["cuda", "cpu"],
                         default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=["bf16", "fp32"],
+                        help="default: bf16 on a GPU, fp32 on the CPU")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", type=Path,
@@ -136,6 +138,8 @@ def main() -> None:
                  "warmup_epochs": args.warmup_epochs or min(10.0, args.epochs / 10),
                  "workers": args.workers, "seed": args.seed, "knn_every": args.knn_every,
                  "probe": False}
+    if args.precision:
+        overrides["precision"] = args.precision
     changed = {flag: getattr(args, flag) for flag in RECIPE_FLAGS
                if getattr(args, flag) is not None}
     overrides.update(changed)
