@@ -231,6 +231,15 @@ class Trainer:
                              device=self.device, seed=config.seed)
         return probe, monitor, every
 
+    def _knn_due(self) -> bool:
+        """Whether the kNN monitor checks the step just done: every `knn_every` steps and at
+        the end, where the end stands in for a scheduled check less than half an interval
+        before it (which would measure nearly the same encoder)."""
+        if self.step == self.total_steps:
+            return True
+        return self.step % self.knn_every == 0 and (
+            2 * (self.total_steps - self.step) >= self.knn_every)
+
     def _knn(self) -> dict[str, float]:
         """Run the kNN monitor on the online encoder, then go back to training mode."""
         accuracy = self.knn_monitor.evaluate(self.model.online.encoder)
@@ -273,8 +282,7 @@ class Trainer:
                     metrics = self.train_step(next(batches))
                     if metrics is not None:
                         pending.append((self.step - 1, metrics))
-                    if self.knn_monitor is not None and (
-                            self.step % self.knn_every == 0 or self.step == self.total_steps):
+                    if self.knn_monitor is not None and self._knn_due():
                         started = time.perf_counter()
                         monitored[self.step - 1] = self._knn()
                         window_start += time.perf_counter() - started  # not training time

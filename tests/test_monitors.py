@@ -17,13 +17,14 @@ def _records(run_dir):
 
 
 def test_a_labeled_folder_gets_a_probe_every_step_and_knn_each_epoch(tiny, cifar_eval_folder):
-    # 30 training images in batches of 8: 3 steps an epoch, so kNN at step 3 and at the end.
-    settings = {**tiny, "data": str(cifar_eval_folder / "train"), "steps": 4}
+    # 30 training images in batches of 8: 3 steps an epoch, so kNN at step 3 and at the end
+    # (step 7), which stands in for the check due at step 6, one step before it.
+    settings = {**tiny, "data": str(cifar_eval_folder / "train"), "steps": 7}
     del settings["knn_every"]
     trainer, summary, _ = run_pretraining(settings)
     records = _records("run")
     assert all(0 <= r["probe_top1"] <= 100 and r["probe_loss"] > 0 for r in records)
-    assert [r["step"] for r in records if "knn_top1" in r] == [3, 4]
+    assert [r["step"] for r in records if "knn_top1" in r] == [3, 7]
     assert all(0 <= r["knn_top1"] <= r["knn_top5"] <= 100 for r in records if "knn_top1" in r)
     assert trainer.model.training  # back to training mode after the kNN check
 
