@@ -80,8 +80,10 @@ def subset(root: Path, train_images: int | None, val_images: int | None) -> Path
     return folder
 
 
-def evaluate(checkpoint: Path, data: Path, args, k: int, device: str) -> dict[str, float]:
-    common = dict(image_size=args.image_size, device=device, workers=args.workers)
+def evaluate(checkpoint: Path, data: Path, args, k: int, device: str,
+             precision: str) -> dict[str, float]:
+    common = dict(image_size=args.image_size, device=device, precision=precision,
+                  workers=args.workers)
     knn = evaluate_knn(checkpoint, str(data), k=k, **common)
     linear = evaluate_linear(checkpoint, str(data), protocol="cached",
                              settings=LinearSettings(epochs=args.linear_epochs), **common)
@@ -155,8 +157,10 @@ def main() -> None:
         sys.exit(f"Interrupted at step {summary.step} of {summary.total_steps}; nothing "
                  f"recorded. Continue with --run-dir {run_dir}")
     k = 200 if (args.train_images or 50_000) >= 20_000 else 20
-    trained = evaluate(summary.checkpoint, data, args, k, args.device)
-    random_init = evaluate(init, data, args, k, args.device)
+    # Evaluated in the pretraining's precision: bf16 also speeds up the evaluation on the CPU.
+    precision = trainer.config.precision
+    trained = evaluate(summary.checkpoint, data, args, k, args.device, precision)
+    random_init = evaluate(init, data, args, k, args.device, precision)
 
     result = {
         "benchmark": "representation quality (CIFAR-10)",
@@ -165,7 +169,7 @@ def main() -> None:
         "warmup_epochs": trainer.config.warmup_epochs, "lars_clip": trainer.config.lars_clip,
         **{flag: getattr(trainer.config, flag) for flag in RECIPE_FLAGS},
         "changed_from_preset": sorted(changed),
-        "blur": trainer.config.blur, "precision": trainer.config.precision,
+        "blur": trainer.config.blur, "precision": precision, "eval_precision": precision,
         "compile": trainer.config.compile, "kernels": trainer.config.kernels,
         "steps": summary.step, "image_size": args.image_size, "batch_size": args.batch_size,
         "train_images": trainer.loader.num_images, "knn_k": k,

@@ -97,13 +97,15 @@ def _subset(split: Split, limit: int, seed: int) -> Split:
 
 
 class KnnMonitor:
-    """kNN accuracy of an encoder on (subsets of) an evaluation dataset's two splits."""
+    """kNN accuracy of an encoder on (subsets of) an evaluation dataset's two splits, its
+    features computed in `precision` (the pretraining's)."""
 
     def __init__(self, data: str, *, image_size: int, batch_size: int, workers: int,
-                 device: torch.device, seed: int):
+                 device: torch.device, seed: int, precision: str):
         train, val = eval_splits(data)
         self.data = data
         self.num_classes = len(train.classes)
+        self.precision = precision
         common = dict(image_size=image_size, batch_size=batch_size, augment=False, seed=seed,
                       workers=workers, device=device)
         self.train_loader = LabeledLoader(_subset(train, KNN_TRAIN_IMAGES, seed), **common)
@@ -111,8 +113,9 @@ class KnnMonitor:
 
     def evaluate(self, encoder: nn.Module) -> dict[str, float]:
         """{"knn_top1": %, "knn_top5": %}. Leaves the encoder in eval mode."""
-        train_features, train_labels = extract_features(encoder, self.train_loader)
-        val_features, val_labels = extract_features(encoder, self.val_loader)
+        train_features, train_labels = extract_features(encoder, self.train_loader,
+                                                        self.precision)
+        val_features, val_labels = extract_features(encoder, self.val_loader, self.precision)
         scores = knn_scores(train_features, train_labels, val_features, self.num_classes,
                             k=KNN_K, temperature=KNN_TEMPERATURE)
         accuracy = topk_accuracy(scores, val_labels)

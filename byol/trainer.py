@@ -228,7 +228,8 @@ class Trainer:
             return probe, None, every  # the kNN check runs on rank 0 only
         monitor = KnnMonitor(knn_data, image_size=config.image_size,
                              batch_size=config.batch_size, workers=config.workers,
-                             device=self.device, seed=config.seed)
+                             device=self.device, seed=config.seed,
+                             precision=config.precision)
         return probe, monitor, every
 
     def _knn_due(self) -> bool:

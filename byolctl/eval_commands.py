@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from byolctl.errors import exits_cleanly
-from byolctl.options import DeviceOpt, JsonOpt, WorkersOpt
+from byolctl.options import DeviceOpt, JsonOpt, PrecisionOpt, WorkersOpt
 from byolctl.render import console
 
 eval_app = typer.Typer(help="Evaluate a pretrained encoder: kNN or a linear classifier.",
@@ -71,7 +71,8 @@ def _report(result: dict[str, Any], checkpoint: Path, json_file: Path | None) ->
                             f"{result['val_split']}")
     if result["skipped_images"]:
         table.add_row("skipped", f"{result['skipped_images']} unreadable images")
-    table.add_row("time", f"{result['seconds']:.1f} s on {result['device']}")
+    table.add_row("time", f"{result['seconds']:.1f} s on {result['device']} "
+                          f"({result['precision']})")
     console.print(table)
     run_dir = checkpoint_run_dir(checkpoint)
     console.print(f"Recorded in {record_result(result, run_dir)}")
@@ -91,6 +92,7 @@ def knn(
     batch_size: EvalBatchOpt = 256,
     image_size: EvalImageSizeOpt = None,
     device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     workers: WorkersOpt = None,
     json_file: JsonOpt = None,
 ):
@@ -107,7 +109,7 @@ def knn(
     result = _run_with_progress(
         evaluate_knn, checkpoint=checkpoint, data=data, k=k, temperature=temperature,
         batch_size=batch_size, image_size=image_size, device=runtime["device"],
-        workers=workers or runtime["workers"])
+        precision=precision and precision.value, workers=workers or runtime["workers"])
     _report(result, checkpoint, json_file)
 
 
@@ -127,6 +129,7 @@ def linear(
     image_size: EvalImageSizeOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the classifier.")] = 0,
     device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     workers: WorkersOpt = None,
     json_file: JsonOpt = None,
 ):
@@ -146,7 +149,7 @@ def linear(
     result = _run_with_progress(
         evaluate_linear, checkpoint=checkpoint, data=data, protocol=protocol.value,
         settings=settings, image_size=image_size, device=runtime["device"],
-        workers=workers or runtime["workers"])
+        precision=precision and precision.value, workers=workers or runtime["workers"])
     _report(result, checkpoint, json_file)
 
 

@@ -49,6 +49,19 @@ def test_features_cover_every_image_with_batchnorm_in_eval_mode(cifar_eval_folde
     assert torch.equal(encoder.bn1.running_mean, stats_before)
 
 
+def test_bf16_features_on_the_cpu_track_fp32_ones(cifar_eval_folder):
+    torch.manual_seed(0)
+    encoder, _ = create_encoder(ModelConfig(arch="resnet18", small_stem=True))
+    _, val = eval_splits(str(cifar_eval_folder))
+    loader = LabeledLoader(val, image_size=32, batch_size=16, augment=False, seed=0, workers=1,
+                           device=CPU)
+    fp32, labels = extract_features(encoder, loader, "fp32")
+    bf16, bf16_labels = extract_features(encoder, loader, "bf16")
+    assert bf16.dtype == torch.float32 and torch.equal(labels, bf16_labels)
+    assert not torch.equal(bf16, fp32)  # autocast took effect
+    assert torch.nn.functional.cosine_similarity(bf16, fp32).min() > 0.99
+
+
 def test_eval_data_needs_train_and_val_splits_with_the_same_classes(tmp_path, cifar_folder):
     with pytest.raises(UserError, match="train/ and val/"):
         eval_splits(str(tmp_path))
@@ -144,6 +157,7 @@ def test_pretrain_then_eval_knn_and_linear_write_their_numbers(checkpoint, tmp_p
         assert result.exit_code == 0, result.output
         numbers = json.loads(json_file.read_text())
         assert 10 < numbers["top1"] <= 100 and numbers["top1"] <= numbers["top5"]
+        assert numbers["precision"] == "fp32"  # the CPU's default
         assert (numbers["step"], numbers["train_images"], numbers["val_images"]) == (2, 10000,
                                                                                     2000)
     recorded = (checkpoint.parent / "evaluations.jsonl").read_text().splitlines()
@@ -155,8 +169,9 @@ def test_eval_on_an_image_folder(checkpoint, cifar_eval_folder, tmp_path):
     json_file = tmp_path / "knn.json"
     result = runner.invoke(app, ["eval", "knn", "--checkpoint", str(checkpoint), "--data",
                                  str(cifar_eval_folder), "--k", "5", "--workers", "1",
-                                 "--json", str(json_file)])
+                                 "--precision", "bf16", "--json", str(json_file)])
     assert result.exit_code == 0, result.output
     numbers = json.loads(json_file.read_text())
+    assert numbers["precision"] == "bf16"
     assert (numbers["train_images"], numbers["val_images"], numbers["classes"]) == (30, 30, 3)
     assert numbers["val_split"] == "test"

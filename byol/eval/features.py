@@ -9,23 +9,28 @@ from torch import Tensor, nn
 from byol.data.labeled import LabeledLoader
 
 
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on a GPU (as in pretraining), nothing on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def default_precision(device: torch.device) -> str:
+    """bf16 on a GPU (as pretraining there), fp32 on the CPU."""
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on `device` for precision `bf16`, nothing for `fp32`."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 @torch.no_grad()
-def extract_features(encoder: nn.Module, loader: LabeledLoader,
+def extract_features(encoder: nn.Module, loader: LabeledLoader, precision: str = "fp32",
                      on_batch: Callable[[int], None] | None = None) -> tuple[Tensor, Tensor]:
     """(features (N, D) fp32, labels (N,)) of every image of the loader's epoch, with the
-    encoder in eval mode (BatchNorm uses its running statistics). `on_batch` gets each
-    batch's size, for progress."""
+    encoder in eval mode (BatchNorm uses its running statistics), computed in `precision`.
+    `on_batch` gets each batch's size, for progress."""
     encoder.eval()
     features, labels = [], []
     for images, batch_labels in loader:
-        with autocast_for(images.device):
+        with autocast_for(images.device, precision):
             features.append(encoder(images).float())
         labels.append(batch_labels)
         if on_batch is not None:

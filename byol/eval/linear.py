@@ -78,17 +78,17 @@ def train_on_features(features: Tensor, labels: Tensor, num_classes: int,
 
 def train_on_images(encoder: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
                     num_images: int, feature_dim: int, num_classes: int,
-                    settings: LinearSettings,
+                    settings: LinearSettings, precision: str = "fp32",
                     on_epoch: Callable[[int], None] | None = None) -> nn.Linear:
     """The full protocol: each epoch iterates `batches` (augmented images, labels) through the
-    frozen encoder and trains the classifier on the features."""
+    frozen encoder, in `precision`, and trains the classifier on the features."""
     encoder.eval()
     device = next(encoder.parameters()).device
     trainer = LinearTrainer(feature_dim, num_classes, settings,
                             math.ceil(num_images / settings.batch_size), device)
     for epoch in range(settings.epochs):
         for images, labels in batches:
-            with torch.no_grad(), autocast_for(device):
+            with torch.no_grad(), autocast_for(device, precision):
                 features = encoder(images)
             trainer.step(features, labels)
         if on_epoch is not None:

@@ -20,7 +20,7 @@ from torch import nn
 
 from byol.data.labeled import LabeledLoader, Split, eval_splits
 from byol.eval.encoder import load_encoder
-from byol.eval.features import extract_features
+from byol.eval.features import default_precision, extract_features
 from byol.eval.knn import knn_scores, topk_accuracy
 from byol.eval.linear import LinearSettings, classify, train_on_features, train_on_images
 
@@ -43,18 +43,21 @@ class Setup:
     val: Split
     image_size: int
     device: torch.device
+    precision: str
 
 
-def _setup(checkpoint: Path, data: str, image_size: int | None, device: str) -> Setup:
+def _setup(checkpoint: Path, data: str, image_size: int | None, device: str,
+           precision: str | None) -> Setup:
     loaded = load_encoder(checkpoint)
     target = torch.device(device)
+    precision = precision or default_precision(target)
     encoder = loaded.encoder.to(target)
-    if target.type == "cuda":
+    if target.type == "cuda" or precision == "bf16":  # as the trainer lays them out
         encoder = encoder.to(memory_format=torch.channels_last)
     encoder.requires_grad_(False)
     train, val = eval_splits(data)
     return Setup(encoder, loaded.feature_dim, loaded.step, loaded.config.model.arch, train,
-                 val, image_size or loaded.config.image_size, target)
+                 val, image_size or loaded.config.image_size, target, precision)
 
 
 def _features(setup: Setup, split: Split, batch_size: int, workers: int,
@@ -69,7 +72,7 @@ def _features(setup: Setup, split: Split, batch_size: int, workers: int,
         if on_progress is not None:
             on_progress(f"{split.name} features", done, len(split))
 
-    return extract_features(setup.encoder, loader, on_batch)
+    return extract_features(setup.encoder, loader, setup.precision, on_batch)
 
 
 def _result(kind: str, checkpoint: Path, data: str, setup: Setup, settings: dict,
@@ -81,7 +84,8 @@ def _result(kind: str, checkpoint: Path, data: str, setup: Setup, settings: dict
         "data": data, "classes": len(setup.train.classes),
         "train_images": len(setup.train), "val_images": len(setup.val),
         "val_split": setup.val.name, "skipped_images": skipped,
-        "image_size": setup.image_size, "device": str(setup.device), **settings,
+        "image_size": setup.image_size, "device": str(setup.device),
+        "precision": setup.precision, **settings,
         "seconds": round(time.perf_counter() - started, 2),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -89,10 +93,12 @@ def _result(kind: str, checkpoint: Path, data: str, setup: Setup, settings: dict
 
 def evaluate_knn(checkpoint: Path, data: str, *, k: int = 200, temperature: float = 0.1,
                  batch_size: int = 256, image_size: int | None = None, device: str = "cpu",
-                 workers: int = 4, on_progress: Progress | None = None) -> dict[str, Any]:
-    """Weighted kNN top-1/top-5 (%) of the val split against the train split's features."""
+                 precision: str | None = None, workers: int = 4,
+                 on_progress: Progress | None = None) -> dict[str, Any]:
+    """Weighted kNN top-1/top-5 (%) of the val split against the train split's features.
+    `precision` (bf16 or fp32) defaults to bf16 on a GPU and fp32 on the CPU."""
     started = time.perf_counter()
-    setup = _setup(checkpoint, data, image_size, device)
+    setup = _setup(checkpoint, data, image_size, device, precision)
     train_features, train_labels = _features(setup, setup.train, batch_size, workers,
                                              on_progress)
     val_features, val_labels = _features(setup, setup.val, batch_size, workers, on_progress)
@@ -104,14 +110,15 @@ def evaluate_knn(checkpoint: Path, data: str, *, k: int = 200, temperature: floa
 
 def evaluate_linear(checkpoint: Path, data: str, *, protocol: str = "full",
                     settings: LinearSettings | None = None, image_size: int | None = None,
-                    device: str = "cpu", workers: int = 4,
+                    device: str = "cpu", precision: str | None = None, workers: int = 4,
                     on_progress: Progress | None = None) -> dict[str, Any]:
-    """Top-1/top-5 (%) on the val split of a linear classifier trained on frozen features."""
+    """Top-1/top-5 (%) on the val split of a linear classifier trained on frozen features,
+    computed in `precision` (as `evaluate_knn`)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}")
     settings = settings or LinearSettings()
     started = time.perf_counter()
-    setup = _setup(checkpoint, data, image_size, device)
+    setup = _setup(checkpoint, data, image_size, device, precision)
     num_classes = len(setup.train.classes)
 
     def on_epoch(epoch: int) -> None:
@@ -127,7 +134,8 @@ def evaluate_linear(checkpoint: Path, data: str, *, protocol: str = "full",
                                 batch_size=settings.batch_size, augment=True,
                                 seed=settings.seed, workers=workers, device=setup.device)
         classifier = train_on_images(setup.encoder, batches, len(setup.train),
-                                     setup.feature_dim, num_classes, settings, on_epoch)
+                                     setup.feature_dim, num_classes, settings,
+                                     setup.precision, on_epoch)
     val_features, val_labels = _features(setup, setup.val, settings.batch_size, workers,
                                          on_progress)
     accuracy = topk_accuracy(classify(classifier, val_features), val_labels)
