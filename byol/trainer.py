@@ -269,10 +269,12 @@ class Trainer:
             images_per_s = len(pending) * self.config.batch_size * self.processes.world_size / (
                 time.perf_counter() - window_start)
             with self._writing():
-                record = self._write_metrics(log, pending, monitored, images_per_s)
+                written = self._write_metrics(log, pending, monitored, images_per_s)
             pending, window_start = [], time.perf_counter()
-            if on_progress is not None and record is not None:
-                on_progress(record)
+            if written is not None:  # None: only a kNN check on a skipped step
+                record = written
+                if on_progress is not None:
+                    on_progress(record)
 
         batches = iter(self.loader)
         with _stop_on_signals(self._stop), self._out_of_memory_explained():
@@ -296,14 +298,14 @@ class Trainer:
                         self.save()
                         window_start = time.perf_counter()  # saving is not training time
                 # Finished, or a stop was requested: keep every step done so far.
-                if pending:
+                if pending or monitored:
                     flush()
                 if self.step not in (start_step, self.saved_step):
                     self.save()
             except UserError:
                 # Keep the records of the steps before the error. (With several processes
                 # the error may have reached one rank only, and flushing takes all of them.)
-                if pending and not self.processes.enabled:
+                if (pending or monitored) and not self.processes.enabled:
                     with contextlib.suppress(Exception):
                         flush()
                 raise
@@ -322,22 +324,35 @@ class Trainer:
                        monitored: dict[int, dict[str, float]],
                        images_per_s: float) -> dict | None:
         """Read the pending steps' metrics back from the device (one sync), averaged over the
-        ranks, and log each on rank 0 with the monitors' results. Returns the last record."""
-        names = list(pending[0][1])
-        values = torch.stack([torch.stack([m[n].float() for n in names]) for _, m in pending])
-        values = distributed.mean_across_ranks_(values).tolist()
-        skipped = {"skipped_steps": self.skipped_steps} if self.skipped_steps else {}
-        record = None
-        for (step, _), row in zip(pending, values):
-            record = {"step": step + 1, "epoch": (step + 1) / self.loader.steps_per_epoch,
-                      **dict(zip(names, row)), **monitored.pop(step, {}),
-                      "lr": self.lr_schedule[step], "tau": self.tau_schedule[step],
-                      "images_per_s": images_per_s, **skipped}
-            if log is not None:
-                log.write(record)
+        ranks, and log each on rank 0 with the monitors' results. A kNN check on a step that
+        `--on-nan skip` skipped has no metrics to join and is logged alone. Returns the last
+        record of the pending steps."""
+        records: dict[int, dict[str, Any]] = {}
+        if pending:
+            names = list(pending[0][1])
+            values = torch.stack([torch.stack([m[n].float() for n in names])
+                                  for _, m in pending])
+            values = distributed.mean_across_ranks_(values).tolist()
+            skipped = {"skipped_steps": self.skipped_steps} if self.skipped_steps else {}
+            for (step, _), row in zip(pending, values):
+                records[step] = {"step": step + 1, "epoch": self._epoch(step),
+                                 **dict(zip(names, row)), "lr": self.lr_schedule[step],
+                                 "tau": self.tau_schedule[step], "images_per_s": images_per_s,
+                                 **skipped}
+        # Every check so far belongs to a step done since the last write.
+        for step, accuracy in monitored.items():
+            records.setdefault(step, {"step": step + 1, "epoch": self._epoch(step)})
+            records[step].update(accuracy)
+        monitored.clear()
         if log is not None:
+            for step in sorted(records):
+                log.write(records[step])
             log.flush()
-        return record
+        return records[pending[-1][0]] if pending else None
+
+    def _epoch(self, step: int) -> float:
+        """The epoch reached at the end of (0-based) `step`."""
+        return (step + 1) / self.loader.steps_per_epoch
 
     @contextlib.contextmanager
     def _writing(self):

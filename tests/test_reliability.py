@@ -204,6 +204,18 @@ def test_on_nan_skip_steps_over_bad_batches_and_counts_them(tiny):
     assert torch.isfinite(trainer.optimizer.flat.params.data).all()
 
 
+def test_a_knn_check_on_a_skipped_last_step_is_logged(tiny, cifar_eval_folder):
+    settings = {**tiny, "data": str(cifar_eval_folder / "train"), "steps": 4, "knn_every": 2,
+                "on_nan": "skip"}
+    trainer, _ = prepare_run(None, settings, Path("run"), None)
+    with _nan_loss_on({3}):
+        summary = trainer.fit()
+    records = [json.loads(line) for line in Path("run/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert [r["step"] for r in records if "knn_top1" in r] == [2, 4]
+    assert "loss" not in records[-1] and summary.last_record["step"] == 3
+
+
 def test_skipping_is_bounded(tiny):
     trainer, _ = prepare_run(None, {**tiny, "on_nan": "skip", "max_skipped_steps": 1,
                                     "checkpoint_every": 1}, Path("run"), None)
