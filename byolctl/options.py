@@ -80,7 +80,7 @@ CompileOpt = Annotated[Optional[bool], typer.Option(
 PrecisionOpt = Annotated[Optional[Precision], typer.Option(
     "--precision", help="bf16 autocast or fp32 \\[default: bf16 on a GPU].", show_default=False)]
 DeviceOpt = Annotated[Optional[Device], typer.Option(
-    "--device", help="Where to train \\[default: cuda if there is a GPU].", show_default=False)]
+    "--device", help="Where to run \\[default: cuda if there is a GPU].", show_default=False)]
 OutOpt = Annotated[Optional[Path], typer.Option(
     "--out", help="Run folder \\[default: runs/<arch>-<date>-<time>].", show_default=False)]
 ResumeOpt = Annotated[Optional[str], typer.Option(
