@@ -9,11 +9,6 @@ from torch import Tensor, nn
 from byol.data.labeled import LabeledLoader
 
 
-def default_precision(device: torch.device) -> str:
-    """bf16 on a GPU (as pretraining there), fp32 on the CPU."""
-    return "bf16" if device.type == "cuda" else "fp32"
-
-
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """bf16 autocast on `device` for precision `bf16`, nothing for `fp32`."""
     if precision == "bf16":

@@ -20,9 +20,10 @@ from torch import nn
 
 from byol.data.labeled import LabeledLoader, Split, eval_splits
 from byol.eval.encoder import load_encoder
-from byol.eval.features import default_precision, extract_features
+from byol.eval.features import extract_features
 from byol.eval.knn import knn_scores, topk_accuracy
 from byol.eval.linear import LinearSettings, classify, train_on_features, train_on_images
+from byol.pretrain import runtime_defaults
 
 EVALUATIONS_FILE = "evaluations.jsonl"
 PROTOCOLS = ("full", "cached")
@@ -50,7 +51,7 @@ def _setup(checkpoint: Path, data: str, image_size: int | None, device: str,
            precision: str | None) -> Setup:
     loaded = load_encoder(checkpoint)
     target = torch.device(device)
-    precision = precision or default_precision(target)
+    precision = precision or runtime_defaults({"device": device})["precision"]  # as pretraining
     encoder = loaded.encoder.to(target)
     if target.type == "cuda" or precision == "bf16":  # as the trainer lays them out
         encoder = encoder.to(memory_format=torch.channels_last)
