@@ -48,6 +48,9 @@ class RunSummary:
     interrupted: bool
     checkpoint: Path | None
     last_record: dict[str, Any] | None
+    # The newest kNN monitor check: usually in last_record, but a check on a final step that
+    # `--on-nan skip` skipped has no record of its own.
+    knn: dict[str, float] | None
 
 
 class Trainer:
@@ -262,7 +265,7 @@ class Trainer:
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         monitored: dict[int, dict[str, float]] = {}  # step -> kNN results (rank 0)
         window_start = time.perf_counter()
-        record, start_step = None, self.step
+        record, start_step, knn = None, self.step, None
 
         def flush() -> None:
             nonlocal pending, window_start, record
@@ -287,7 +290,7 @@ class Trainer:
                         pending.append((self.step - 1, metrics))
                     if self.knn_monitor is not None and self._knn_due():
                         started = time.perf_counter()
-                        monitored[self.step - 1] = self._knn()
+                        monitored[self.step - 1] = knn = self._knn()
                         window_start += time.perf_counter() - started  # not training time
                     flush_due = distributed.any_rank(
                         time.perf_counter() - window_start >= FLUSH_SECONDS)[0]
@@ -314,7 +317,7 @@ class Trainer:
                     log.close()
         checkpoint = self.run_dir / LAST if self.saved_step is not None else None
         return RunSummary(self.step, self.total_steps, self.step < self.total_steps,
-                          checkpoint, record)
+                          checkpoint, record, knn)
 
     def request_stop(self) -> None:
         """Finish the current step, write a checkpoint, and return from `fit`."""

@@ -169,8 +169,9 @@ def pretrain(
                       f"({summary.checkpoint}).")
         return
     record = summary.last_record
-    monitors = "".join(f", {label} {record[key]:.1f}%" for key, label in
-                       (("probe_top1", "probe top-1"), ("knn_top1", "kNN top-1")) if key in record)
+    monitors = f", probe top-1 {record['probe_top1']:.1f}%" if "probe_top1" in record else ""
+    if summary.knn is not None:
+        monitors += f", kNN top-1 {summary.knn['knn_top1']:.1f}%"
     console.print(f"Done: {summary.step} steps, loss {record['loss']:.4f}, collapse std "
                   f"{record['collapse_std']:.4f} (healthy near "
                   f"{cfg.model.projector_dim ** -0.5:.4f}){monitors}. "

@@ -214,6 +214,7 @@ def test_a_knn_check_on_a_skipped_last_step_is_logged(tiny, cifar_eval_folder):
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert [r["step"] for r in records if "knn_top1" in r] == [2, 4]
     assert "loss" not in records[-1] and summary.last_record["step"] == 3
+    assert summary.knn["knn_top1"] == records[-1]["knn_top1"]  # the summary shows it
 
 
 def test_skipping_is_bounded(tiny):
