@@ -94,10 +94,14 @@ def _step_of(path: Path) -> int:
     return int(path.stem.removeprefix("step-"))
 
 
+def checkpoint_file(path: Path) -> Path:
+    """The checkpoint file a path names: itself, or a run folder's last.pt."""
+    return path / LAST if path.is_dir() else path
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a pretraining checkpoint on the CPU; UserError if it is missing or not ours."""
-    if path.is_dir():
-        path = path / LAST
+    path = checkpoint_file(path)
     if not path.is_file():
         raise UserError(f"No checkpoint at {path}; pass a run folder or a .pt file it holds.")
     try:

@@ -1,6 +1,5 @@
 """`byolctl data ...`: checking datasets, and writing them as shards."""
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -8,7 +7,7 @@ import typer
 from rich.table import Column, Table
 
 from byolctl.errors import exits_cleanly
-from byolctl.options import JsonOpt
+from byolctl.options import JsonOpt, write_json
 from byolctl.render import console, plural
 
 data_app = typer.Typer(help="Check image datasets and write them as shards.",
@@ -44,10 +43,10 @@ def check(folder: FolderArg, json_file: JsonOpt = None, quick: QuickOpt = False)
     console.print(f"{plural(report.images, 'image')} in {plural(len(report.classes), 'class')}; "
                   f"{plural(len(report.problems), 'problem')}.")
     if json_file:
-        json_file.write_text(json.dumps({
+        write_json(json_file, {
             "folder": str(folder), "images": report.images, "classes": report.classes,
             "problems": [{"path": p, "reason": r} for p, r in report.problems],
-        }, indent=2) + "\n")
+        })
     if report.problems:
         raise typer.Exit(1)
 

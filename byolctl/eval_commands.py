@@ -1,6 +1,5 @@
 """`byolctl eval ...` and `byolctl export`: judging and exporting a pretrained encoder."""
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -10,8 +9,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from byolctl.errors import exits_cleanly
-from byolctl.options import DeviceOpt, JsonOpt, PrecisionOpt, WorkersOpt
-from byolctl.render import console
+from byolctl.options import DeviceOpt, JsonOpt, PrecisionOpt, WorkersOpt, write_json
+from byolctl.render import console, print_warning
 
 eval_app = typer.Typer(help="Evaluate a pretrained encoder: kNN or a linear classifier.",
                        no_args_is_help=True)
@@ -33,10 +32,19 @@ EvalImageSizeOpt = Annotated[Optional[int], typer.Option(
 EvalBatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per batch.")]
 
 
-def _runtime(device) -> dict[str, Any]:
+def _runtime(device, workers: int | None, batch_size: int,
+             image_size: int | None) -> dict[str, Any]:
+    """Device and workers, the given ones or the defaults; UserError for sizes no run can use."""
+    from byol.errors import UserError
     from byol.pretrain import runtime_defaults  # deferred: keeps --help fast
 
-    return runtime_defaults({"device": device.value} if device else {})
+    if batch_size < 1 or (image_size is not None and image_size < 1):
+        raise UserError("--batch-size and --image-size must be at least 1.")
+    if workers is not None and workers < 0:
+        raise UserError("--workers must be 0 or more.")
+    runtime = runtime_defaults({"device": device.value} if device else {})
+    return {"device": runtime["device"],
+            "workers": runtime["workers"] if workers is None else workers}
 
 
 def _progress() -> Progress:
@@ -45,22 +53,28 @@ def _progress() -> Progress:
 
 
 def _run_with_progress(evaluate, **kwargs) -> dict[str, Any]:
-    """Call an evaluation with a rich progress bar per task it reports."""
-    with _progress() as progress:
-        tasks: dict[str, int] = {}
+    """Call an evaluation with a rich progress bar per task it reports. The display starts
+    with the first task, so an error while loading leaves no empty line behind."""
+    progress, tasks = _progress(), {}
 
-        def on_progress(name: str, completed: int, total: int) -> None:
-            if name not in tasks:
-                tasks[name] = progress.add_task(name, total=total)
-            progress.update(tasks[name], completed=completed)
+    def on_progress(name: str, completed: int, total: int) -> None:
+        if not tasks:
+            progress.start()
+        if name not in tasks:
+            tasks[name] = progress.add_task(name, total=total)
+        progress.update(tasks[name], completed=completed)
 
+    try:
         return evaluate(on_progress=on_progress, **kwargs)
+    finally:
+        if tasks:
+            progress.stop()
 
 
 def _report(result: dict[str, Any], checkpoint: Path, json_file: Path | None) -> None:
     """Print the result as a table, record it in the run folder, and write --json."""
     from byol.eval.run import record_result
-    from byol.pretrain import checkpoint_run_dir
+    from byol.pretrain import checkpoint_run_dir, holds_run
 
     title = (f"{result['evaluation']} ({result.get('protocol', 'k=' + str(result.get('k')))}) "
              f"- {result['arch']} step {result['step']} on {result['data']}")
@@ -74,10 +88,17 @@ def _report(result: dict[str, Any], checkpoint: Path, json_file: Path | None) ->
     table.add_row("time", f"{result['seconds']:.1f} s on {result['device']} "
                           f"({result['precision']})")
     console.print(table)
-    run_dir = checkpoint_run_dir(checkpoint)
-    console.print(f"Recorded in {record_result(result, run_dir)}")
     if json_file:
-        json_file.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(json_file, result)
+        console.print(f"Wrote {json_file}")
+    run_dir = checkpoint_run_dir(checkpoint)
+    if holds_run(run_dir):  # a checkpoint copied out of its run has no folder to record in
+        try:
+            console.print(f"Recorded in {record_result(result, run_dir)}")
+        except OSError as error:  # a read-only run folder: the numbers are still shown
+            print_warning(f"could not record the result in {run_dir} "
+                          f"({error.strerror or error}); it is only in the table above"
+                          + (" and in --json." if json_file else "."))
 
 
 @eval_app.command("knn", epilog="Example: byolctl eval knn --checkpoint runs/r50/last.pt "
@@ -103,13 +124,13 @@ def knn(
     from byol.errors import UserError
     from byol.eval.run import evaluate_knn
 
-    if k < 1 or temperature <= 0 or batch_size < 1:
-        raise UserError("--k and --batch-size must be at least 1 and --temperature positive.")
-    runtime = _runtime(device)
+    if k < 1 or temperature <= 0:
+        raise UserError("--k must be at least 1 and --temperature positive.")
+    runtime = _runtime(device, workers, batch_size, image_size)
     result = _run_with_progress(
         evaluate_knn, checkpoint=checkpoint, data=data, k=k, temperature=temperature,
-        batch_size=batch_size, image_size=image_size, device=runtime["device"],
-        precision=precision and precision.value, workers=workers or runtime["workers"])
+        batch_size=batch_size, image_size=image_size, precision=precision and precision.value,
+        **runtime)
     _report(result, checkpoint, json_file)
 
 
@@ -142,14 +163,14 @@ def linear(
     from byol.eval.linear import LinearSettings
     from byol.eval.run import evaluate_linear
 
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise UserError("--epochs and --batch-size must be at least 1 and --lr positive.")
-    runtime = _runtime(device)
+    if epochs < 1 or lr <= 0:
+        raise UserError("--epochs must be at least 1 and --lr positive.")
+    runtime = _runtime(device, workers, batch_size, image_size)
     settings = LinearSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     result = _run_with_progress(
         evaluate_linear, checkpoint=checkpoint, data=data, protocol=protocol.value,
-        settings=settings, image_size=image_size, device=runtime["device"],
-        precision=precision and precision.value, workers=workers or runtime["workers"])
+        settings=settings, image_size=image_size, precision=precision and precision.value,
+        **runtime)
     _report(result, checkpoint, json_file)
 
 
@@ -157,12 +178,15 @@ def export(
     checkpoint: CheckpointOpt,
     out: Annotated[Path, typer.Option("--out", help="The file to write (.pt).",
                                       show_default=False)],
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace --out if it exists (never the checkpoint itself).")] = False,
 ):
     """Write the online encoder as a torchvision ResNet state dict (no fc layer)."""
     from byol.eval.encoder import export_backbone
 
-    config, step, builder = export_backbone(checkpoint, out)
+    config, step, builder = export_backbone(checkpoint, out, replace=force)
     console.print(f"Wrote the online encoder of {config.model.arch} at step {step} to {out}.")
-    console.print(f"Load it with: model = {builder}; "
-                  f"model.load_state_dict(torch.load('{out}'), strict=False)  # fc stays "
-                  "untrained")
+    load = (f"model.load_state_dict(torch.load({str(out)!r}, weights_only=True), "
+            "strict=False)  # only fc is missing")
+    console.print("Load it with:\n" + "\n".join(f"    {line}" for line in [*builder, load]),
+                  highlight=False)

@@ -4,6 +4,8 @@ Defaults are None so that a command knows which options the user actually gave: 
 override the preset and the config file.
 """
 
+import json
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -114,7 +116,29 @@ KnnEveryOpt = Annotated[Optional[int], typer.Option(
 KnnDataOpt = Annotated[Optional[str], typer.Option(
     "--knn-data", help="Held-out data for the kNN check: a folder with train/ and val/ "
     "\\[default: demo for demo, DIR for a DIR/train beside a DIR/val].", show_default=False)]
+def _writable_json_file(path: Path | None) -> Path | None:
+    """Refuse a --json file that could not be written, before the command does its work."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise typer.BadParameter(f"{path} is a folder; name a file in it, such as "
+                                 f"{path / 'results.json'}.")
+    if not path.parent.is_dir():
+        raise typer.BadParameter(f"the folder {path.parent} does not exist; create it first.")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise typer.BadParameter(f"{path} is not writable; choose another file.")
+    return path
+
+
 JsonOpt = Annotated[Optional[Path], typer.Option(
-    "--json", help="Also write the results as JSON to this file.", show_default=False)]
+    "--json", help="Also write the results as JSON to this file.", show_default=False,
+    callback=_writable_json_file)]
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write a command's results for --json: whole or not at all (see atomic_write_text)."""
+    from byol.checkpoint import atomic_write_text  # deferred: keeps --help fast
+
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 ConfigOpt = Annotated[Optional[Path], typer.Option(
     "--config", help="YAML or TOML file of settings (flags override it).", show_default=False)]

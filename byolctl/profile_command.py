@@ -1,13 +1,20 @@
 """`byolctl profile`: where the time goes, fused against eager, side by side."""
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
-from byolctl.options import ArchOpt, DeviceOpt, JsonOpt, Precision, PrecisionOpt, WorkersOpt
+from byolctl.options import (
+    ArchOpt,
+    DeviceOpt,
+    JsonOpt,
+    Precision,
+    PrecisionOpt,
+    WorkersOpt,
+    write_json,
+)
 from byolctl.render import console
 
 # Without a GPU the defaults shrink to what a CPU times in about a minute.
@@ -60,9 +67,12 @@ def profile(
     defaults = {} if on_gpu else CPU_DEFAULTS
     settings = ProfileSettings(
         **{**defaults, **{k: v for k, v in given.items() if v is not None}},
-        device=runtime["device"], data=data, workers=workers or runtime["workers"])
+        device=runtime["device"], data=data,
+        workers=runtime["workers"] if workers is None else workers)
     if settings.batch_size < 1 or settings.image_size < 8 or settings.steps < 1:
         raise UserError("--batch-size and --steps must be at least 1, --image-size at least 8.")
+    if settings.workers < 0:
+        raise UserError("--workers must be 0 or more.")
     if not on_gpu:
         console.print("No GPU: profiling on the CPU with small defaults; the fused kernels "
                       "and every GPU number are not measured here.")
@@ -70,7 +80,7 @@ def profile(
         result = run_profile(settings, lambda text: status.update(f"Profiling {text} ..."))
     _print(result)
     if json_file:
-        json_file.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(json_file, result)
         console.print(f"Wrote {json_file}")
     if plot:
         from byolctl.plot import plot_profile

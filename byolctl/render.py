@@ -39,3 +39,7 @@ def plural(count: int, noun: str) -> str:
 
 def print_error(message: str) -> None:
     error_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def print_warning(message: str) -> None:
+    error_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)

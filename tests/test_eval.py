@@ -1,17 +1,20 @@
 """Evaluation: features, kNN, the linear classifier, export, and the commands end to end."""
 
 import json
+import shutil
+import textwrap
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 import torchvision
 from typer.testing import CliRunner
 
-from byol.config import ModelConfig
+from byol.config import ModelConfig, PretrainConfig
 from byol.data.labeled import LabeledLoader, eval_splits
 from byol.errors import UserError
-from byol.eval.encoder import load_encoder
+from byol.eval.encoder import backbone_state_dict, load_encoder, torchvision_builder
 from byol.eval.features import extract_features
 from byol.eval.knn import knn_scores, topk_accuracy
 from byol.eval.linear import LinearSettings, classify, train_on_features
@@ -75,12 +78,15 @@ def test_eval_data_needs_train_and_val_splits_with_the_same_classes(tmp_path, ci
 # ----------------------------------------------------------------------------- kNN
 
 def _brute_force_knn(train, train_labels, queries, num_classes, k, temperature):
-    scores = torch.zeros(len(queries), num_classes)
+    """Votes exp(cos / T) of the k nearest, in the plain form (knn_scores divides every vote
+    of a query by that of its nearest neighbour)."""
+    scores = torch.zeros(len(queries), num_classes, dtype=train.dtype)
     for q, query in enumerate(queries):
         similarity = [(torch.nn.functional.cosine_similarity(query, x, dim=0).item(), y)
                       for x, y in zip(train, train_labels.tolist())]
-        for value, label in sorted(similarity, reverse=True)[:k]:
-            scores[q, label] += torch.tensor(value / temperature).exp()
+        nearest = sorted(similarity, reverse=True)[:k]
+        for value, label in nearest:
+            scores[q, label] += torch.tensor(value / temperature, dtype=train.dtype).exp()
     return scores
 
 
@@ -90,7 +96,22 @@ def test_knn_matches_a_brute_force_reference():
     labels = torch.randint(0, 4, (60,), generator=generator)
     queries = torch.randn(9, 8, generator=generator)
     scores = knn_scores(train, labels, queries, 4, k=7, temperature=0.5, chunk=4)
-    torch.testing.assert_close(scores, _brute_force_knn(train, labels, queries, 4, 7, 0.5))
+    reference = _brute_force_knn(train, labels, queries, 4, 7, 0.5)
+    # The same votes up to one factor per query: exp(nearest similarity / T).
+    torch.testing.assert_close(scores / scores.sum(1, keepdim=True),
+                               reference / reference.sum(1, keepdim=True))
+
+
+def test_knn_votes_do_not_overflow_at_a_small_temperature():
+    generator = torch.Generator().manual_seed(1)
+    train = torch.randn(60, 8, generator=generator)
+    labels = torch.randint(0, 4, (60,), generator=generator)
+    queries = torch.randn(9, 8, generator=generator)
+    # exp(1 / 0.005) overflows float32; the reference runs in float64, where it does not.
+    scores = knn_scores(train, labels, queries, 4, k=7, temperature=0.005)
+    reference = _brute_force_knn(train.double(), labels, queries.double(), 4, 7, 0.005)
+    assert torch.isfinite(scores).all()
+    assert torch.equal(scores.argmax(dim=1), reference.argmax(dim=1))
 
 
 def test_topk_accuracy_counts_labels_among_the_best_classes():
@@ -124,6 +145,44 @@ def test_an_export_loads_into_torchvision_with_only_fc_missing(checkpoint, tmp_p
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
     encoder = load_encoder(checkpoint).encoder
     torch.testing.assert_close(model.layer4[1].conv2.weight, encoder.layer4[1].conv2.weight)
+
+
+def test_the_printed_load_lines_run_and_load_the_export(checkpoint, tmp_path):
+    out = tmp_path / "encoder.pt"
+    result = runner.invoke(app, ["export", "--checkpoint", str(checkpoint), "--out", str(out)])
+    code = result.output.split("Load it with:\n")[1]
+    namespace = {"torch": torch, "torchvision": torchvision}
+    exec(textwrap.dedent(code), namespace)  # raises if any line is not valid Python
+    assert namespace["model"].layer4[1].conv2.weight.abs().sum() > 0
+
+
+def test_the_small_stem_builder_lines_fit_a_small_stem_encoder():
+    config = PretrainConfig(model=ModelConfig(arch="resnet18", small_stem=True))
+    encoder, _ = create_encoder(config.model)
+    namespace = {"torch": torch, "torchvision": torchvision}
+    exec("\n".join(torchvision_builder(config)), namespace)
+    missing, unexpected = namespace["model"].load_state_dict(
+        backbone_state_dict(encoder), strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+
+
+def test_export_never_overwrites_the_checkpoint_and_other_files_only_with_force(checkpoint,
+                                                                              tmp_path):
+    before = checkpoint.read_bytes()
+    for target in (checkpoint, checkpoint.parent):  # the file, and the run folder naming it
+        result = runner.invoke(app, ["export", "--checkpoint", str(target), "--out",
+                                     str(checkpoint), "--force"])
+        assert result.exit_code == 2 and "is the checkpoint being exported" in result.output
+    assert checkpoint.read_bytes() == before
+    taken = tmp_path / "taken.pt"
+    taken.write_text("somebody's file")
+    result = runner.invoke(app, ["export", "--checkpoint", str(checkpoint), "--out", str(taken)])
+    assert result.exit_code == 2 and "already exists; choose another file" in result.output
+    assert taken.read_text() == "somebody's file"
+    result = runner.invoke(app, ["export", "--checkpoint", str(checkpoint), "--out", str(taken),
+                                 "--force"])
+    assert result.exit_code == 0, result.output
+    assert "conv1.weight" in torch.load(taken, weights_only=True)
 
 
 def test_an_export_holds_only_the_encoder(checkpoint, tmp_path):
@@ -168,10 +227,50 @@ def test_pretrain_then_eval_knn_and_linear_write_their_numbers(checkpoint, tmp_p
 def test_eval_on_an_image_folder(checkpoint, cifar_eval_folder, tmp_path):
     json_file = tmp_path / "knn.json"
     result = runner.invoke(app, ["eval", "knn", "--checkpoint", str(checkpoint), "--data",
-                                 str(cifar_eval_folder), "--k", "5", "--workers", "1",
+                                 str(cifar_eval_folder), "--k", "50", "--workers", "1",
                                  "--precision", "bf16", "--json", str(json_file)])
     assert result.exit_code == 0, result.output
     numbers = json.loads(json_file.read_text())
     assert numbers["precision"] == "bf16"
+    assert numbers["k"] == 30  # all 30 training images vote, and the record says so
+    assert numbers["checkpoint"] == str(checkpoint.resolve())
     assert (numbers["train_images"], numbers["val_images"], numbers["classes"]) == (30, 30, 3)
     assert numbers["val_split"] == "test"
+
+
+def test_a_json_file_that_cannot_be_written_is_refused_before_any_work(checkpoint, tmp_path):
+    for json_file, reason in ((tmp_path / "no" / "r.json", "does not exist"),
+                              (tmp_path, "is a folder")):
+        with mock.patch("byol.eval.run.evaluate_knn") as evaluate:
+            result = runner.invoke(app, ["eval", "knn", "--checkpoint", str(checkpoint),
+                                         "--json", str(json_file)])
+        words = " ".join(result.output.replace("│", " ").split())  # unwrapped from its box
+        assert result.exit_code == 2 and reason in words
+        evaluate.assert_not_called()
+
+
+def test_a_result_that_cannot_be_recorded_is_still_shown_and_written(checkpoint,
+                                                                     cifar_eval_folder, tmp_path):
+    command = ["eval", "knn", "--data", str(cifar_eval_folder), "--k", "5", "--workers", "1"]
+    json_file = tmp_path / "knn.json"
+    denied = PermissionError(13, "Permission denied")
+    with mock.patch("byol.eval.run.record_result", side_effect=denied):
+        result = runner.invoke(app, [*command, "--checkpoint", str(checkpoint),
+                                     "--json", str(json_file)])
+    assert result.exit_code == 0, result.output
+    assert "could not record the result" in " ".join(result.output.split())
+    assert json.loads(json_file.read_text())["evaluation"] == "knn"
+    # A checkpoint copied out of its run folder: no evaluations.jsonl appears beside it.
+    loose = tmp_path / "loose" / "x.pt"
+    loose.parent.mkdir()
+    shutil.copyfile(checkpoint, loose)
+    result = runner.invoke(app, [*command, "--checkpoint", str(loose)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in loose.parent.iterdir()) == ["x.pt"]
+
+
+@pytest.mark.parametrize("flags", [["--image-size", "-5"], ["--image-size", "0"],
+                                   ["--batch-size", "0"], ["--workers", "-1"]])
+def test_eval_refuses_sizes_no_run_can_use(checkpoint, flags):
+    result = runner.invoke(app, ["eval", "knn", "--checkpoint", str(checkpoint), *flags])
+    assert result.exit_code == 2 and "must be" in result.output

@@ -7,13 +7,14 @@ plain torchvision ResNet state dict: `torchvision.models.resnet50().load_state_d
 strict=False)` loads it with only `fc.weight` and `fc.bias` missing.
 """
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
 from torchvision.models.resnet import ResNet
 
-from byol.checkpoint import atomic_save, load_checkpoint
+from byol.checkpoint import atomic_save, checkpoint_file, load_checkpoint
 from byol.config import PretrainConfig, from_dict
 from byol.errors import UserError
 from byol.models import create_encoder
@@ -53,26 +54,35 @@ def backbone_state_dict(encoder: ResNet) -> dict[str, Tensor]:
     return {name: value.detach().clone() for name, value in encoder.state_dict().items()}
 
 
-def export_backbone(checkpoint: Path, out: Path) -> tuple[PretrainConfig, int, str]:
+def export_backbone(checkpoint: Path, out: Path,
+                    replace: bool = False) -> tuple[PretrainConfig, int, list[str]]:
     """Write the online encoder of `checkpoint` to `out` as a torchvision ResNet state dict.
+    An existing `out` is replaced only with `replace`, and never when it is the checkpoint.
 
-    Returns (the run's config, the step, the Python line that builds the matching model).
+    Returns (the run's config, the step, the Python lines that build the matching model).
     """
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give a file name such as {out / 'encoder.pt'}.")
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: the folder {out.parent} does not exist; create it first.")
+    if out.exists():
+        source = checkpoint_file(checkpoint)
+        if source.exists() and os.path.samefile(out, source):  # also a hard link to it
+            raise UserError(f"--out {out} is the checkpoint being exported; choose another file.")
+        if not replace:
+            raise UserError(f"--out {out} already exists; choose another file, or pass --force "
+                            "to replace it.")
     loaded = load_encoder(checkpoint)
     atomic_save(backbone_state_dict(loaded.encoder), out)
     return loaded.config, loaded.step, torchvision_builder(loaded.config)
 
 
-def torchvision_builder(config: PretrainConfig) -> str:
-    """The torchvision call that builds a ResNet the export loads into (fc aside)."""
+def torchvision_builder(config: PretrainConfig) -> list[str]:
+    """Python statements that build a torchvision ResNet the export loads into (fc aside)."""
     model = config.model
     width = f"width_per_group={64 * model.width}" if model.width != 1 else ""
-    line = f"torchvision.models.{model.arch}({width})"
+    lines = [f"model = torchvision.models.{model.arch}({width})"]
     if model.small_stem:
-        line += ("; then model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False) and "
-                 "model.maxpool = nn.Identity()")
-    return line
+        lines += ["model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)",
+                  "model.maxpool = torch.nn.Identity()"]
+    return lines

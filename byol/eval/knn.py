@@ -2,7 +2,8 @@
 
 Each query's k most cosine-similar training features vote for their class with weight
 exp(similarity / temperature) (as in Wu et al. 2018 and DINO); classes are ranked by their
-summed votes.
+summed votes. The weights are computed relative to the nearest neighbour's, exp((similarity -
+nearest) / temperature): the same ranking, without overflowing for small temperatures.
 """
 
 import torch
@@ -20,9 +21,10 @@ def knn_scores(train_features: Tensor, train_labels: Tensor, query_features: Ten
     k = min(k, len(train))
     scores = []
     for queries in F.normalize(query_features.float(), dim=1).split(chunk):
-        similarity, index = (queries @ train.T).topk(k, dim=1)
+        similarity, index = (queries @ train.T).topk(k, dim=1)  # sorted, nearest first
+        weights = ((similarity - similarity[:, :1]) / temperature).exp()
         votes = torch.zeros(len(queries), num_classes, device=queries.device)
-        votes.scatter_add_(1, train_labels[index], (similarity / temperature).exp())
+        votes.scatter_add_(1, train_labels[index], weights)
         scores.append(votes)
     return torch.cat(scores)
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from byol.checkpoint import checkpoint_file
 from byol.data.labeled import LabeledLoader, Split, eval_splits
 from byol.eval.encoder import load_encoder
 from byol.eval.features import extract_features
@@ -65,13 +66,15 @@ def _features(setup: Setup, split: Split, batch_size: int, workers: int,
               on_progress: Progress | None):
     loader = LabeledLoader(split, image_size=setup.image_size, batch_size=batch_size,
                            augment=False, seed=0, workers=workers, device=setup.device)
-    done = 0
+    task, done = f"{split.name} features", 0
+    if on_progress is not None:
+        on_progress(task, 0, len(split))  # the bar shows from the start
 
     def on_batch(size: int) -> None:
         nonlocal done
         done += size
         if on_progress is not None:
-            on_progress(f"{split.name} features", done, len(split))
+            on_progress(task, done, len(split))
 
     return extract_features(setup.encoder, loader, setup.precision, on_batch)
 
@@ -81,7 +84,8 @@ def _result(kind: str, checkpoint: Path, data: str, setup: Setup, settings: dict
     skipped = len(setup.train.skipped or []) + len(setup.val.skipped or [])
     return {
         "evaluation": kind, **accuracy,
-        "checkpoint": str(checkpoint), "step": setup.step, "arch": setup.arch,
+        "checkpoint": str(checkpoint_file(checkpoint).resolve()), "step": setup.step,
+        "arch": setup.arch,
         "data": data, "classes": len(setup.train.classes),
         "train_images": len(setup.train), "val_images": len(setup.val),
         "val_split": setup.val.name, "skipped_images": skipped,
@@ -103,6 +107,7 @@ def evaluate_knn(checkpoint: Path, data: str, *, k: int = 200, temperature: floa
     train_features, train_labels = _features(setup, setup.train, batch_size, workers,
                                              on_progress)
     val_features, val_labels = _features(setup, setup.val, batch_size, workers, on_progress)
+    k = min(k, len(setup.train))  # what votes (and is recorded) with fewer training images
     scores = knn_scores(train_features, train_labels, val_features, len(setup.train.classes),
                         k=k, temperature=temperature)
     return _result("knn", checkpoint, data, setup, {"k": k, "temperature": temperature},
@@ -129,11 +134,13 @@ def evaluate_linear(checkpoint: Path, data: str, *, protocol: str = "full",
     if protocol == "cached":
         features, labels = _features(setup, setup.train, settings.batch_size, workers,
                                      on_progress)
+        on_epoch(0)  # each bar shows from its task's start
         classifier = train_on_features(features, labels, num_classes, settings, on_epoch)
     else:
         batches = LabeledLoader(setup.train, image_size=setup.image_size,
                                 batch_size=settings.batch_size, augment=True,
                                 seed=settings.seed, workers=workers, device=setup.device)
+        on_epoch(0)
         classifier = train_on_images(setup.encoder, batches, len(setup.train),
                                      setup.feature_dim, num_classes, settings,
                                      setup.precision, on_epoch)
