@@ -168,8 +168,8 @@ def validate(config: PretrainConfig) -> None:
             raise UserError(f"{name} must be at least 1, got {value}.")
     if config.steps is not None and config.steps < 1:
         raise UserError(f"steps must be at least 1, got {config.steps}.")
-    for name in ("workers", "max_skipped_steps"):
-        if getattr(config, name) < 0:
+    for name in ("workers", "max_skipped_steps", "knn_every"):
+        if (getattr(config, name) or 0) < 0:
             raise UserError(f"{name} must be 0 or more, got {getattr(config, name)}.")
     if config.on_nan not in ON_NAN:
         raise UserError(f"on_nan must be one of {', '.join(ON_NAN)}, got {config.on_nan!r}.")

@@ -102,7 +102,7 @@ class KnnMonitor:
 
     def __init__(self, data: str, *, image_size: int, batch_size: int, workers: int,
                  device: torch.device, seed: int, precision: str):
-        train, val = eval_splits(data)
+        train, val = eval_splits(data, option="--knn-data")
         self.data = data
         self.num_classes = len(train.classes)
         self.precision = precision

@@ -144,6 +144,9 @@ def pretrain(
              f"batch {cfg.batch_size} x {processes} processes")
     console.print(f"Run folder: {trainer.run_dir}  ({cfg.model.arch}, {cfg.image_size} px, "
                   f"{batch}, {trainer.total_steps} steps, {cfg.device}, {cfg.precision})")
+    monitors = _describe_monitors(trainer)
+    if monitors:
+        console.print(monitors)
 
     with training_progress() as progress:
         task = progress.add_task("pretrain", total=trainer.total_steps,
@@ -176,6 +179,21 @@ def pretrain(
                   f"{record['collapse_std']:.4f} (healthy near "
                   f"{cfg.model.projector_dim ** -0.5:.4f}){monitors}. "
                   f"Checkpoint: {summary.checkpoint}")
+
+
+def _describe_monitors(trainer) -> str | None:
+    """One line on the probe and the kNN monitor, saying why the kNN monitor is off when
+    labeled data has no held-out split beside it (the user may expect one)."""
+    parts = ["linear probe"] if trainer.probe is not None else []
+    if trainer.knn_monitor is not None:
+        every = trainer.knn_every
+        when = ("at the end" if every >= trainer.total_steps
+                else f"every {every} steps and at the end")
+        parts.append(f"kNN on {trainer.knn_monitor.data} {when}")
+    elif getattr(trainer.loader, "classes", None) and trainer.config.knn_every is None:
+        parts.append("no kNN (no val/ or test/ beside the training folder; name one with "
+                     "--knn-data)")
+    return f"Monitors: {', '.join(parts)}." if parts else None
 
 
 def _interrupt(signum, frame):

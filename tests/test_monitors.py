@@ -5,11 +5,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from byol.errors import UserError
 from byol.monitors import LinearProbe, held_out_data
 from byol.pretrain import prepare_run
+from byolctl.cli import app
 from tests.conftest import run_pretraining
+
+runner = CliRunner()
 
 
 def _records(run_dir):
@@ -42,6 +46,21 @@ def test_monitors_need_labels_or_held_out_data(tiny):
         prepare_run(None, {**tiny, "data": "random", "probe": True}, Path("a"), None)
     with pytest.raises(UserError, match="--knn-every needs held-out data"):
         prepare_run(None, {**tiny, "data": "random", "knn_every": 5}, Path("b"), None)
+    with pytest.raises(UserError, match="--knn-data nowhere: expected a folder"):
+        prepare_run(None, {**tiny, "knn_every": 5, "knn_data": "nowhere"}, Path("c"), None)
+    with pytest.raises(UserError, match="knn_every must be 0 or more"):
+        prepare_run(None, {**tiny, "knn_every": -1}, Path("d"), None)
+
+
+def test_the_run_says_why_labeled_data_gets_no_knn_monitor(cifar_eval_folder, tmp_path):
+    # Training images with labels, but no val/ or test/ beside their folder.
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "alone" / "train").symlink_to(cifar_eval_folder / "train")
+    result = runner.invoke(app, ["pretrain", "--data", str(tmp_path / "alone" / "train"),
+                                 "--arch", "resnet18", "--image-size", "16", "--batch-size", "8",
+                                 "--steps", "1", "--workers", "1", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "Monitors: linear probe, no kNN (no val/ or test/" in result.output
 
 
 def test_held_out_data_is_found_beside_a_train_folder(cifar_eval_folder, tmp_path):

@@ -49,9 +49,10 @@ class Split:
         return len(self.files) if self.files is not None else len(self.images)
 
 
-def eval_splits(data: str) -> tuple[Split, Split]:
+def eval_splits(data: str, option: str = "--data") -> tuple[Split, Split]:
     """(train, val) of an evaluation dataset: `demo`, or a folder holding `train/` and `val/`
-    (or `test/`) with the same class folders. Unreadable images are left out and listed."""
+    (or `test/`) with the same class folders. Unreadable images are left out and listed.
+    `option` is the command-line option that named `data`, for error messages."""
     if data == "demo":
         return (Split("train", list(DEMO_CLASSES), images=demo_images("train")[0],
                       image_labels=demo_images("train")[1]),
@@ -60,7 +61,7 @@ def eval_splits(data: str) -> tuple[Split, Split]:
     root = Path(data)
     val_dir = next((root / name for name in VAL_SPLITS if (root / name).is_dir()), None)
     if not (root / "train").is_dir() or val_dir is None:
-        raise UserError(f"--data {data}: expected a folder with train/ and val/ (or test/) "
+        raise UserError(f"{option} {data}: expected a folder with train/ and val/ (or test/) "
                         "subfolders, each of <class>/<image> files.")
     train, val = _folder_split(root / "train"), _folder_split(val_dir)
     if train.classes != val.classes:
