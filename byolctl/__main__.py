@@ -1,5 +1,5 @@
 """`python -m byolctl ...`, the same as the `byolctl` command."""
 
-from byolctl.cli import main
+from byolctl import main
 
 main()

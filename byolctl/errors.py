@@ -5,6 +5,7 @@ import functools
 import typer
 
 from byol.errors import UserError
+from byolctl import INTERRUPTED
 from byolctl.render import print_error
 
 # Set by `byolctl --debug`.
@@ -25,7 +26,7 @@ def exits_cleanly(command):
             print_error(str(error))
             raise typer.Exit(2)
         except KeyboardInterrupt:
-            print_error("Interrupted at once; nothing was saved since the last checkpoint.")
+            print_error(INTERRUPTED)
             raise typer.Exit(1)
         except Exception as error:
             if show_tracebacks:

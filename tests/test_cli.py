@@ -1,14 +1,17 @@
 """The command line as a user meets it: help, errors, exit codes, a short run."""
 
+import builtins
 import json
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from typer.testing import CliRunner
 
 import byol
+import byolctl
 import kernels
 from byolctl.cli import app
 
@@ -97,3 +100,23 @@ def test_kernels_is_this_projects_package_not_a_namesake():
 def test_choices_are_checked_before_anything_runs(argv):
     result = runner.invoke(app, argv)
     assert result.exit_code == 2
+
+
+def test_ctrl_c_while_the_command_loads_is_one_line_and_exit_1(capsys):
+    real_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):  # Ctrl-C lands while torch is being imported
+        if name == "byolctl.cli":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    with mock.patch("builtins.__import__", interrupted), pytest.raises(SystemExit) as exit:
+        byolctl.main()
+    assert exit.value.code == 1
+    assert capsys.readouterr().err == "error: Interrupted; nothing more was written.\n"
+
+
+def test_ctrl_c_during_an_evaluation_is_one_line_and_exit_1():
+    with mock.patch("byol.eval.run.evaluate_knn", side_effect=KeyboardInterrupt):
+        result = runner.invoke(app, ["eval", "knn", "--checkpoint", "run"])
+    assert result.exit_code == 1 and "Interrupted; nothing more was written." in result.output
