@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from byol.data.dali import folder_loader, scan_image_folder
+from byol.data.folders import check_folder
 from byol.errors import UserError
 from tests.conftest import CIFAR_CLASSES, run_pretraining
 
@@ -41,6 +42,24 @@ def test_labels_come_from_the_class_folders(tmp_path):
     brightness = batch.view1.mean(dim=(1, 2, 3))
     dark, light = brightness[batch.labels == 0], brightness[batch.labels == 1]
     assert len(dark) == len(light) == 6 and dark.max() < light.min()
+
+
+def test_images_in_subfolders_of_a_class_folder_belong_to_that_class(tmp_path):
+    for path in ("a/1.png", "b/sub/2.png", "b/sub/deeper/3.png", "c/notes.txt"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        if path.endswith(".png"):
+            Image.new("RGB", (8, 8)).save(tmp_path / path)
+        else:
+            (tmp_path / path).write_text("not an image")
+    files, labels, classes = scan_image_folder(tmp_path)
+    assert [Path(f).relative_to(tmp_path).as_posix() for f in files] == [
+        "a/1.png", "b/sub/2.png", "b/sub/deeper/3.png"]
+    assert labels == [0, 1, 1] and classes == ["a", "b", "c"]
+    report = check_folder(tmp_path)
+    assert report.images == 3
+    assert {Path(p).relative_to(tmp_path).as_posix(): reason.split(" (")[0]
+            for p, reason in report.problems} == {"c": "empty class folder",
+                                                  "c/notes.txt": "not an image file"}
 
 
 def test_a_restored_folder_loader_continues_with_the_same_batches(cifar_folder):

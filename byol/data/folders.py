@@ -1,5 +1,6 @@
 """Image folders (`root/<class>/<image>`): listing their images, and finding the files a
-loader would choke on.
+loader would choke on. As in torchvision's ImageFolder, a class's images may sit in subfolders
+of its folder.
 
 Two depths of checking: the quick one reads each file's format signature, the end marker a
 truncated JPEG or PNG lacks, and its headers - fast enough to run before every pretraining; the
@@ -85,18 +86,29 @@ def find_problems(files: Sequence[str], full: bool = False,
         return [(f, reason) for f, reason in zip(files, reasons) if reason is not None]
 
 
+def _is_image_file(path: Path) -> bool:
+    return path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
+
+
+def files_below(folder: Path) -> list[Path]:
+    """Every file in `folder` and its subfolders (links followed), sorted by path."""
+    return sorted(Path(parent) / name
+                  for parent, _, names in os.walk(folder, followlinks=True) for name in names)
+
+
 def scan_image_folder(root: Path) -> tuple[list[str], list[int], list[str]]:
     """(files, labels, classes) of a `root/<class>/<image>` folder, in sorted order.
 
-    Only files with an image extension count; labels index the sorted class-folder names.
+    Only files with an image extension count, in subfolders of a class folder too; labels
+    index the sorted class-folder names.
     """
     if not root.is_dir():
         raise UserError(f"{root}: no such folder; pass a folder of <class>/<image> files.")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     files, labels = [], []
     for label, name in enumerate(classes):
-        for path in sorted((root / name).iterdir()):
-            if path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS and path.is_file():
+        for path in files_below(root / name):
+            if _is_image_file(path):
                 files.append(str(path))
                 labels.append(label)
     if not files:
@@ -121,12 +133,12 @@ def check_folder(root: Path, full: bool = True) -> FolderReport:
     for entry in sorted(root.iterdir()):
         if entry.is_file():
             problems.append((str(entry), "outside any class folder (ignored)"))
-        elif not any(entry.iterdir()):
-            problems.append((str(entry), "empty class folder"))
-        else:
-            problems.extend(
-                (str(p), f"not an image file (extension {p.suffix or 'none'}; ignored)")
-                for p in sorted(entry.iterdir())
-                if p.is_file() and p.suffix.lower().lstrip(".") not in IMAGE_EXTENSIONS)
+            continue
+        below = files_below(entry)
+        if not any(_is_image_file(path) for path in below):
+            problems.append((str(entry), "empty class folder (no images in it)"))
+        problems.extend((str(path), f"not an image file (extension {path.suffix or 'none'}; "
+                                    "ignored)")
+                        for path in below if not _is_image_file(path))
     problems.extend(find_problems(files, full=full))
     return FolderReport(images=len(files), classes=classes, problems=problems)
