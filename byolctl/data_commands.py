@@ -69,8 +69,9 @@ def prepare(folder: FolderArg, destination: DestinationArg, shard_size: ShardSiz
 
     with console.status(f"Writing shards of {folder} to {destination} ..."):
         shards = prepare_shards(folder, destination, shard_size)
-    console.print(f"Wrote {shards.images} images of {len(shards.classes)} classes in "
-                  f"{len(shards.paths)} shards to {destination}.")
+    console.print(f"Wrote {plural(shards.images, 'image')} of "
+                  f"{plural(len(shards.classes), 'class')} in {plural(len(shards.paths), 'shard')} "
+                  f"to {destination}.")
     if shards.skipped:
         console.print(f"Left out {len(shards.skipped)} unreadable images, listed in "
                       f"{destination / 'manifest.json'}.")

@@ -48,6 +48,20 @@ def test_prepare_refuses_a_folder_that_is_not_empty(shard_dir, cifar_folder):
         prepare_shards(cifar_folder, shard_dir, shard_size=8)
 
 
+def test_prepare_refuses_destinations_that_would_harm_or_hold_nothing(cifar_folder, tmp_path):
+    with pytest.raises(UserError, match="inside"):
+        prepare_shards(cifar_folder, cifar_folder / "shards", shard_size=8)
+    assert not (cifar_folder / "shards").exists()
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        prepare_shards(cifar_folder, tmp_path / "a-file", shard_size=8)
+    (tmp_path / "bad" / "cls").mkdir(parents=True)
+    (tmp_path / "bad" / "cls" / "broken.jpg").write_text("not a jpeg")
+    with pytest.raises(UserError, match="none of its 1 images can be read"):
+        prepare_shards(tmp_path / "bad", tmp_path / "out", shard_size=8)
+    assert not (tmp_path / "out").exists()
+
+
 def test_shards_are_found_by_folder_or_by_pattern(shard_dir):
     assert find_shards(str(shard_dir)).images == 30
     pattern = find_shards(str(shard_dir / "shard-{000001..000002}.tar"))

@@ -50,14 +50,26 @@ def prepare_shards(source: Path, destination: Path, shard_size: int, seed: int =
     """
     if shard_size < 1:
         raise UserError(f"--shard-size must be at least 1, got {shard_size}.")
+    if destination.resolve().is_relative_to(source.resolve()):
+        raise UserError(f"{destination} is inside {source}, where the shards would become part "
+                        "of the image folder; choose a folder outside it.")
+    if destination.exists() and not destination.is_dir():
+        raise UserError(f"{destination} is a file; choose a new folder for the shards.")
     if destination.exists() and any(destination.iterdir()):
         raise UserError(f"{destination} is not empty; choose a new folder for the shards.")
     files, labels, classes = scan_image_folder(source)
     skipped = find_problems(files)
     bad = {path for path, _ in skipped}
     usable = [(f, label) for f, label in zip(files, labels) if f not in bad]
+    if not usable:
+        raise UserError(f"{source}: none of its {len(files)} images can be read; run byolctl "
+                        "data check on it.")
     order = torch.randperm(len(usable), generator=torch.Generator().manual_seed(seed)).tolist()
-    destination.mkdir(parents=True, exist_ok=True)
+    try:
+        destination.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"Cannot create {destination} ({error.strerror or error}); choose a "
+                        "folder you can write to.") from error
     shards = []
     for start in range(0, len(order), shard_size):
         name = f"shard-{start // shard_size:06d}.tar"
