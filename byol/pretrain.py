@@ -8,6 +8,7 @@ Nothing is written until the run is known to be startable, and a folder that hol
 only ever continued, never overwritten.
 """
 
+import errno
 import json
 import os
 from datetime import datetime
@@ -27,8 +28,10 @@ from byol.config import (
     to_dict,
     validate,
 )
+from byol.data.labeled import VAL_SPLITS
 from byol.errors import UserError
 from byol.metrics import METRICS_FILE
+from byol.monitors import held_out_data
 from byol.presets import preset_values, resolve_config
 from byol.trainer import Trainer, saved_world_size
 
@@ -132,6 +135,9 @@ def _plan(preset: str | None, overrides: dict[str, Any], out: Path | None,
           resume: str | None) -> tuple[str, Path, Path | None]:
     """("resume", checkpoint, out) or ("fresh", run folder, None); UserError if neither."""
     if resume not in (None, "auto"):
+        if Path(resume).is_dir() and not (Path(resume) / LAST).is_file():
+            raise UserError(f"{resume} holds no checkpoint yet; to start or continue the run in "
+                            f"it, pass --resume auto --out {resume}.")
         return "resume", Path(resume), out
     config = resolve_config(preset, {**runtime_defaults(overrides), **overrides})
     run_dir = out or (find_resumable_run(flat_items(config)) if resume == "auto" else None)
@@ -192,6 +198,7 @@ def _start_run_dir(trainer: Trainer) -> None:
     the list of skipped unreadable images. Rank 0 only."""
     if not distributed.current().is_main:
         return
+    _check_outside_data(trainer.run_dir, trainer.config)
     files = {CONFIG_FILE: json.dumps(to_dict(trainer.config), indent=2) + "\n"}
     classes = getattr(trainer.loader, "classes", None)
     if classes is not None:
@@ -204,6 +211,19 @@ def _start_run_dir(trainer: Trainer) -> None:
         for name, text in files.items():
             atomic_write_text(trainer.run_dir / name, text)
     except OSError as error:
+        advice = ("free some space or choose another --out" if error.errno == errno.ENOSPC
+                  else "choose another --out")
         raise UserError(f"Cannot write the run folder {trainer.run_dir} "
-                        f"({error.strerror or error}); choose another --out or free some "
-                        "space.") from error
+                        f"({error.strerror or error}); {advice}.") from error
+
+
+def _check_outside_data(run_dir: Path, config: PretrainConfig) -> None:
+    """Refuse a run folder inside the training images or a split of the held-out data: its
+    files would become a class of images there."""
+    held_out = config.knn_data or held_out_data(config.data)
+    splits = [Path(held_out) / split for split in ("train", *VAL_SPLITS)] if held_out else []
+    for data in (Path(config.data), *splits):
+        if data.is_dir() and run_dir.resolve().is_relative_to(data.resolve()):
+            raise UserError(f"The run folder {run_dir} is inside the data folder {data}, where "
+                            "its files would become part of the dataset; choose an --out "
+                            "outside it.")

@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -293,6 +294,21 @@ def test_a_full_disk_while_saving_keeps_the_last_checkpoint_whole(tmp_path):
     result = runner.invoke(app, ["pretrain", "--config", str(settings), "--out", "run",
                                  "--resume", "auto"])
     assert result.exit_code == 0 and "Resuming from run/last.pt at step 2" in result.output
+
+
+def test_a_run_folder_inside_the_data_is_refused(tiny, cifar_eval_folder, tmp_path):
+    shutil.copytree(cifar_eval_folder, tmp_path / "data", symlinks=True)
+    for out in ("data/train/run", "data/test/run"):
+        with pytest.raises(UserError, match="inside the data folder"):
+            prepare_run(None, {**tiny, "data": str(tmp_path / "data" / "train")}, Path(out),
+                        None)
+        assert not Path(out).exists()
+
+
+def test_resuming_a_folder_without_a_checkpoint_points_to_resume_auto(tiny):
+    Path("empty-run").mkdir()
+    with pytest.raises(UserError, match="--resume auto --out empty-run"):
+        prepare_run(None, tiny, None, "empty-run")
 
 
 def test_an_unwritable_run_folder_is_a_clean_error(tmp_path):
