@@ -127,6 +127,11 @@ _FIELD_TYPES = {f.name: f.type for cls in (ModelConfig, PretrainConfig)
                 for f in dataclasses.fields(cls) if f.name != "model"}
 
 
+# How a value of each type is described in an error message.
+_KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text",
+               type(None): "left unset"}
+
+
 def _coerce(name: str, value: Any) -> Any:
     """`value` as the field's type, or UserError. Numbers may come as strings (YAML reads
     `1e-5` as one); an int is a fine float; a bool is not a number."""
@@ -141,8 +146,8 @@ def _coerce(name: str, value: Any) -> Any:
     if float in accepted and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, bool) != (bool in accepted) or not isinstance(value, accepted):
-        raise UserError(f"{name} must be {' or '.join(t.__name__ for t in accepted)}, "
-                        f"got {value!r}.")
+        kinds = " or ".join(_KIND_NAMES.get(t, t.__name__) for t in accepted)
+        raise UserError(f"{name} must be {kinds}, got {value!r}.")
     return value
 
 

@@ -21,7 +21,17 @@ def read_config_file(path: Path) -> dict[str, Any]:
         else:
             raise UserError(f"Config file {path} must end in .yaml, .yml or .toml.")
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
-        raise UserError(f"Config file {path} is not valid: {error}".splitlines()[0]) from error
+        mark = getattr(error, "problem_mark", None)  # YAML's position; TOML's is in the text
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise UserError(f"Config file {path} is not valid: {error}".splitlines()[0]
+                        + where) from error
     if not isinstance(data, dict):
         raise UserError(f"Config file {path} must hold a mapping of setting: value.")
-    return {key.replace("-", "_"): value for key, value in data.items()}
+    settings: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name in settings:
+            raise UserError(f"Config file {path} sets {name} twice (spelled with dashes and "
+                            "with underscores); keep one.")
+        settings[name] = value
+    return settings

@@ -31,6 +31,9 @@ def exits_cleanly(command):
         except Exception as error:
             if show_tracebacks:
                 raise
+            if _caused_by_ctrl_c(error):  # e.g. torch.save's writer failing as it unwinds
+                print_error(INTERRUPTED)
+                raise typer.Exit(1) from None
             if type(error).__name__ == "OutOfMemoryError":  # torch's, without importing torch
                 print_error("Out of GPU memory; run again with a smaller --batch-size.")
                 raise typer.Exit(2)
@@ -39,3 +42,12 @@ def exits_cleanly(command):
             raise typer.Exit(1)
 
     return wrapper
+
+
+def _caused_by_ctrl_c(error: BaseException) -> bool:
+    """Whether `error` was raised while a KeyboardInterrupt was being handled."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__context__
+    return False

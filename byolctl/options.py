@@ -116,8 +116,9 @@ KnnEveryOpt = Annotated[Optional[int], typer.Option(
 KnnDataOpt = Annotated[Optional[str], typer.Option(
     "--knn-data", help="Held-out data for the kNN check: a folder with train/ and val/ "
     "\\[default: demo for demo, DIR for a DIR/train beside a DIR/val].", show_default=False)]
-def _writable_json_file(path: Path | None) -> Path | None:
-    """Refuse a --json file that could not be written, before the command does its work."""
+def writable_output_file(path: Path | None) -> Path | None:
+    """Refuse an output file (--json, --plot) that could not be written, before the command
+    does its work."""
     if path is None:
         return None
     if path.is_dir():
@@ -132,7 +133,7 @@ def _writable_json_file(path: Path | None) -> Path | None:
 
 JsonOpt = Annotated[Optional[Path], typer.Option(
     "--json", help="Also write the results as JSON to this file.", show_default=False,
-    callback=_writable_json_file)]
+    callback=writable_output_file)]
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -13,6 +13,7 @@ from byolctl.options import (
     Precision,
     PrecisionOpt,
     WorkersOpt,
+    writable_output_file,
     write_json,
 )
 from byolctl.render import console
@@ -35,8 +36,18 @@ ProfileCompileOpt = Annotated[Optional[bool], typer.Option(
 ProfileDataOpt = Annotated[Optional[str], typer.Option(
     "--data", help="Also time the DALI pipeline on this image folder or shards.",
     show_default=False)]
+def _png_file(path: Path | None) -> Path | None:
+    """Refuse a --plot file that is not writable or not named .png, before profiling."""
+    path = writable_output_file(path)
+    if path is not None and path.suffix.lower() != ".png":
+        raise typer.BadParameter(f"{path} does not end in .png; the chart is a PNG image, "
+                                 "such as profile.png.")
+    return path
+
+
 PlotOpt = Annotated[Optional[Path], typer.Option(
-    "--plot", help="Also draw the result as a PNG chart to this file.", show_default=False)]
+    "--plot", help="Also draw the result as a PNG chart to this file.", show_default=False,
+    callback=_png_file)]
 
 
 def profile(

@@ -81,7 +81,39 @@ def test_a_config_value_of_the_wrong_type_is_a_clean_error(tmp_path):
     settings = tmp_path / "run.yaml"
     settings.write_text("batch-size: lots\n")
     result = runner.invoke(app, ["pretrain", "--config", str(settings)])
-    assert result.exit_code == 2 and "batch_size must be int" in result.output
+    assert result.exit_code == 2 and "batch_size must be a whole number" in result.output
+
+
+def test_config_file_mistakes_are_located_and_named(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("batch-size: 8\nlr: [1, 2\n")
+    result = runner.invoke(app, ["pretrain", "--config", str(broken)])
+    assert result.exit_code == 2 and "(line 3, column 1)" in result.output
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("batch-size: 8\nbatch_size: 16\n")
+    result = runner.invoke(app, ["pretrain", "--config", str(twice)])
+    assert result.exit_code == 2 and "sets batch_size twice" in result.output
+
+
+def test_a_plot_file_is_checked_before_profiling(tmp_path):
+    with mock.patch("byol.profiling.run.profile") as run_profile:
+        for plot, reason in ((tmp_path, "is a folder"), (tmp_path / "p.txt", "does not end in")):
+            result = runner.invoke(app, ["profile", "--plot", str(plot)])
+            words = " ".join(result.output.replace("│", " ").split())
+            assert result.exit_code == 2 and reason in words
+    run_profile.assert_not_called()
+
+
+def test_an_error_raised_while_ctrl_c_unwinds_reads_as_an_interruption():
+    def save_interrupted(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        finally:  # as torch.save's zip writer does when closed mid-write
+            raise RuntimeError("unexpected pos 51008 vs 50902")
+
+    with mock.patch("byol.eval.run.evaluate_knn", side_effect=save_interrupted):
+        result = runner.invoke(app, ["eval", "knn", "--checkpoint", "run"])
+    assert result.exit_code == 1 and "Interrupted; nothing more was written." in result.output
 
 
 def test_python_dash_m_runs_the_same_command_line():

@@ -62,7 +62,8 @@ def profile(settings: ProfileSettings,
     if not fused:
         not_measured.append("fused kernels: they need a CUDA GPU")
     if not settings.compile:
-        not_measured.append("torch.compile variants: turned off (--no-compile)")
+        not_measured.append("torch.compile variants: off (the CPU default, or --no-compile; "
+                            "--compile turns them on)")
     loss_dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float32
     shapes = byol_shapes(settings.arch, settings.projector_hidden, settings.projector_dim)
 
