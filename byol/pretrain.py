@@ -151,7 +151,9 @@ def _plan(preset: str | None, overrides: dict[str, Any], out: Path | None,
         raise UserError(f"{run_dir} holds a run with other settings and no checkpoint; delete "
                         "the folder or choose another --out.")
     # A run that stopped before its first checkpoint starts over in its folder.
-    return "fresh", run_dir or default_run_dir(config.model.arch), None
+    run_dir = run_dir or default_run_dir(config.model.arch)
+    _check_outside_data(run_dir, config)
+    return "fresh", run_dir, None
 
 
 def _resume(checkpoint: Path, preset: str | None, overrides: dict[str, Any],
@@ -171,6 +173,7 @@ def _resume(checkpoint: Path, preset: str | None, overrides: dict[str, Any],
 
     home = checkpoint_run_dir(checkpoint)
     run_dir = out or home
+    _check_outside_data(run_dir, config)
     if run_dir.resolve() != home.resolve() and holds_run(run_dir):
         raise UserError(f"{run_dir} already holds another run; choose an empty --out to "
                         f"continue {checkpoint} there.")
@@ -198,7 +201,6 @@ def _start_run_dir(trainer: Trainer) -> None:
     the list of skipped unreadable images. Rank 0 only."""
     if not distributed.current().is_main:
         return
-    _check_outside_data(trainer.run_dir, trainer.config)
     files = {CONFIG_FILE: json.dumps(to_dict(trainer.config), indent=2) + "\n"}
     classes = getattr(trainer.loader, "classes", None)
     if classes is not None:

@@ -116,14 +116,15 @@ KnnEveryOpt = Annotated[Optional[int], typer.Option(
 KnnDataOpt = Annotated[Optional[str], typer.Option(
     "--knn-data", help="Held-out data for the kNN check: a folder with train/ and val/ "
     "\\[default: demo for demo, DIR for a DIR/train beside a DIR/val].", show_default=False)]
+
+
 def writable_output_file(path: Path | None) -> Path | None:
     """Refuse an output file (--json, --plot) that could not be written, before the command
     does its work."""
     if path is None:
         return None
     if path.is_dir():
-        raise typer.BadParameter(f"{path} is a folder; name a file in it, such as "
-                                 f"{path / 'results.json'}.")
+        raise typer.BadParameter(f"{path} is a folder; name a file in it instead.")
     if not path.parent.is_dir():
         raise typer.BadParameter(f"the folder {path.parent} does not exist; create it first.")
     if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
