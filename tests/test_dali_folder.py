@@ -57,6 +57,10 @@ def test_images_in_subfolders_of_a_class_folder_belong_to_that_class(tmp_path):
     assert labels == [0, 1, 1] and classes == ["a", "b", "c"]
     report = check_folder(tmp_path)
     assert report.images == 3
+    (tmp_path / "split" / "val").mkdir(parents=True)
+    (tmp_path / "split" / "train").symlink_to(tmp_path / "b")
+    with pytest.raises(UserError, match="holds the splits train, val, not classes; pass"):
+        scan_image_folder(tmp_path / "split")  # not two classes named train and val
     assert {Path(p).relative_to(tmp_path).as_posix(): reason.split(" (")[0]
             for p, reason in report.problems} == {"c": "empty class folder",
                                                   "c/notes.txt": "not an image file"}

@@ -17,6 +17,8 @@ from PIL import Image, UnidentifiedImageError
 
 from byol.errors import UserError
 
+# Folder names of a dataset's splits, which a folder of classes does not hold.
+SPLIT_NAMES = ("train", "val", "test")
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp")
 # Formats DALI's image decoder reads.
 DECODABLE_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF", "WEBP", "MPO"})
@@ -105,6 +107,10 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[int], list[str]]:
     if not root.is_dir():
         raise UserError(f"{root}: no such folder; pass a folder of <class>/<image> files.")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if "train" in classes and set(classes) <= set(SPLIT_NAMES):
+        # Its images would be found one level down, labelled by split: refuse, not mix them.
+        raise UserError(f"{root} holds the splits {', '.join(classes)}, not classes; pass "
+                        f"{root / 'train'}.")
     files, labels = [], []
     for label, name in enumerate(classes):
         for path in files_below(root / name):

@@ -23,14 +23,14 @@ from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from byol.data.dali import READER, decode_images
 from byol.data.demo_images import CLASSES as DEMO_CLASSES
 from byol.data.demo_images import demo_images
-from byol.data.folders import find_problems, scan_image_folder
+from byol.data.folders import SPLIT_NAMES, find_problems, scan_image_folder
 from byol.data.loaders import to_training_layout
 from byol.errors import UserError
 
 # The evaluation crop covers 87.5% of the resized image (224 of 256), the usual ImageNet
 # protocol. Images of 64 px or less (CIFAR-like) are resized to the size, uncropped.
 CENTER_CROP_FRACTION = 0.875
-VAL_SPLITS = ("val", "test")
+VAL_SPLITS = tuple(name for name in SPLIT_NAMES if name != "train")  # looked for in order
 
 
 @dataclass
