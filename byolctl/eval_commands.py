@@ -9,7 +9,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from byolctl.errors import exits_cleanly
-from byolctl.options import DeviceOpt, JsonOpt, PrecisionOpt, WorkersOpt, write_json
+from byolctl.options import (
+    DeviceOpt,
+    JsonOpt,
+    PrecisionOpt,
+    WorkersOpt,
+    device_and_workers,
+    write_json,
+)
 from byolctl.render import console, print_warning
 
 eval_app = typer.Typer(help="Evaluate a pretrained encoder: kNN or a linear classifier.",
@@ -34,17 +41,13 @@ EvalBatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per batc
 
 def _runtime(device, workers: int | None, batch_size: int,
              image_size: int | None) -> dict[str, Any]:
-    """Device and workers, the given ones or the defaults; UserError for sizes no run can use."""
+    """Device and workers (see device_and_workers); UserError for sizes no run can use."""
     from byol.errors import UserError
-    from byol.pretrain import runtime_defaults  # deferred: keeps --help fast
 
     if batch_size < 1 or (image_size is not None and image_size < 1):
         raise UserError("--batch-size and --image-size must be at least 1.")
-    if workers is not None and workers < 0:
-        raise UserError("--workers must be 0 or more.")
-    runtime = runtime_defaults({"device": device.value} if device else {})
-    return {"device": runtime["device"],
-            "workers": runtime["workers"] if workers is None else workers}
+    device, workers = device_and_workers(device, workers)
+    return {"device": device, "workers": workers}
 
 
 def _progress() -> Progress:

@@ -118,6 +118,18 @@ KnnDataOpt = Annotated[Optional[str], typer.Option(
     "\\[default: demo for demo, DIR for a DIR/train beside a DIR/val].", show_default=False)]
 
 
+def device_and_workers(device: Device | None, workers: int | None) -> tuple[str, int]:
+    """The device and the DALI threads a command runs with: the given ones, or the defaults
+    pretraining uses. UserError for a negative --workers (0 means one thread)."""
+    from byol.errors import UserError
+    from byol.pretrain import runtime_defaults  # deferred: keeps --help fast
+
+    if workers is not None and workers < 0:
+        raise UserError("--workers must be 0 or more.")
+    runtime = runtime_defaults({"device": device.value} if device else {})
+    return runtime["device"], runtime["workers"] if workers is None else workers
+
+
 def writable_output_file(path: Path | None) -> Path | None:
     """Refuse an output file (--json, --plot) that could not be written, before the command
     does its work."""

@@ -13,6 +13,7 @@ from byolctl.options import (
     Precision,
     PrecisionOpt,
     WorkersOpt,
+    device_and_workers,
     writable_output_file,
     write_json,
 )
@@ -36,6 +37,8 @@ ProfileCompileOpt = Annotated[Optional[bool], typer.Option(
 ProfileDataOpt = Annotated[Optional[str], typer.Option(
     "--data", help="Also time the DALI pipeline on this image folder or shards.",
     show_default=False)]
+
+
 def _png_file(path: Path | None) -> Path | None:
     """Refuse a --plot file that is not writable or not named .png, before profiling."""
     path = writable_output_file(path)
@@ -66,24 +69,20 @@ def profile(
     """Time the loss, EMA and LARS in each implementation, whole training steps with eager
     and fused kernels (compiled and not), and optionally the data pipeline."""
     from byol.errors import UserError
-    from byol.pretrain import runtime_defaults
     from byol.profiling.run import ProfileSettings
     from byol.profiling.run import profile as run_profile
 
-    runtime = runtime_defaults({"device": device.value} if device else {})
-    on_gpu = runtime["device"] == "cuda"
+    device, workers = device_and_workers(device, workers)
+    on_gpu = device == "cuda"
     given = {"arch": arch.value if arch else None, "batch_size": batch_size,
              "image_size": image_size, "steps": steps, "compile": compile,
              "precision": precision.value if isinstance(precision, Precision) else None}
     defaults = {} if on_gpu else CPU_DEFAULTS
     settings = ProfileSettings(
         **{**defaults, **{k: v for k, v in given.items() if v is not None}},
-        device=runtime["device"], data=data,
-        workers=runtime["workers"] if workers is None else workers)
+        device=device, data=data, workers=workers)
     if settings.batch_size < 1 or settings.image_size < 8 or settings.steps < 1:
         raise UserError("--batch-size and --steps must be at least 1, --image-size at least 8.")
-    if settings.workers < 0:
-        raise UserError("--workers must be 0 or more.")
     if not on_gpu:
         console.print("No GPU: profiling on the CPU with small defaults; the fused kernels "
                       "and every GPU number are not measured here.")
