@@ -43,6 +43,38 @@ def test_prepare_writes_every_image_with_its_label_into_mixed_shards(shard_dir, 
     assert len(first_labels) > 1  # shuffled before sharding
 
 
+def test_each_shard_has_an_index_pointing_at_its_members(shard_dir):
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        lines = (shard_dir / shard["index"]).read_text().splitlines()
+        assert lines[0] == f"v1.2 {shard['images']}" and len(lines) == 1 + shard["images"]
+        tar_bytes = (shard_dir / shard["name"]).read_bytes()
+        with tarfile.open(shard_dir / shard["name"]) as archive:
+            members = {m.name: archive.extractfile(m).read() for m in archive}
+        indexed = {}
+        for line in lines[1:]:
+            fields = line.split()
+            assert len(fields) == 12  # jpg, cls and i32, 4 fields each
+            stems = set()
+            for extension, offset, size, name in zip(*[iter(fields)] * 4):
+                stem, _, ext = name.partition(".")
+                assert ext == extension
+                stems.add(stem)
+                indexed[name] = tar_bytes[int(offset):int(offset) + int(size)]
+            assert len(stems) == 1
+        assert indexed == members
+
+
+def test_shards_without_indexes_are_still_read(shard_dir):
+    assert find_shards(str(shard_dir)).index_paths is not None
+    (shard_dir / "shard-000001.idx").unlink()
+    shards = find_shards(str(shard_dir))
+    assert shards.index_paths is None
+    loader = shards_loader(str(shard_dir), image_size=16, batch_size=5, seed=2, workers=1,
+                           device=torch.device("cpu"))
+    assert next(iter(loader)).view1.shape == (5, 3, 16, 16)
+
+
 def test_prepare_refuses_a_folder_that_is_not_empty(shard_dir, cifar_folder):
     with pytest.raises(UserError, match="not empty"):
         prepare_shards(cifar_folder, shard_dir, shard_size=8)
@@ -71,7 +103,7 @@ def test_shards_are_found_by_folder_or_by_pattern(shard_dir):
         find_shards(str(shard_dir / "shard-{000003..000004}.tar"))
 
 
-def test_shard_batches_have_the_trainers_shape_and_resume_exactly(shard_dir):
+def test_shard_batches_have_the_trainers_shape_and_resume_exactly(shard_dir, capfd):
     def make():
         return shards_loader(str(shard_dir), image_size=16, batch_size=5, seed=2, workers=1,
                              device=torch.device("cpu"))
@@ -89,6 +121,7 @@ def test_shard_batches_have_the_trainers_shape_and_resume_exactly(shard_dir):
     restored = make()
     restored.load_state_dict(state)
     assert torch.equal(next(iter(restored)).view1, expected.view1)
+    assert "Index file not provided" not in capfd.readouterr().err  # the indexes were used
 
 
 def test_data_prepare_then_pretrain_on_the_shards(cifar_folder, tmp_path, tiny):

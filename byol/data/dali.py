@@ -116,12 +116,15 @@ def folder_reader(files: list[str], labels: list[int], shard_id: int, num_shards
     return read
 
 
-def shard_reader(paths: list[str], shard_id: int, num_shards: int, seed: int, on_gpu: bool):
+def shard_reader(paths: list[str], index_paths: list[str] | None, shard_id: int,
+                 num_shards: int, seed: int, on_gpu: bool):
     """Decoded images of WebDataset shards (see `byol.data.shards`): each shard read front to
-    back in a new shard order every epoch, samples mixed in a shuffle buffer."""
+    back in a new shard order every epoch, samples mixed in a shuffle buffer. Without
+    `index_paths`, DALI first scans every archive (and says so on stderr)."""
     def read():
         encoded, label = fn.readers.webdataset(
-            paths=paths, ext=[";".join(IMAGE_EXTENSIONS), LABEL_EXTENSION],
+            paths=paths, index_paths=index_paths or [],
+            ext=[";".join(IMAGE_EXTENSIONS), LABEL_EXTENSION],
             dtypes=[types.UINT8, types.INT32], missing_component_behavior="error",
             case_sensitive_extensions=False, random_shuffle=True, shuffle_after_epoch=True,
             shard_id=shard_id, num_shards=num_shards, seed=seed, name=READER)
@@ -290,7 +293,7 @@ def folder_loader(root: Path, *, strict: bool = False, rank: int = 0, world_size
 def shards_loader(data: str, *, rank: int = 0, world_size: int = 1, **kwargs) -> DaliLoader:
     """A DaliLoader over WebDataset shards (see `byol.data.shards.find_shards`)."""
     shards = find_shards(data)
-    read = shard_reader(shards.paths, rank, world_size, kwargs["seed"],
+    read = shard_reader(shards.paths, shards.index_paths, rank, world_size, kwargs["seed"],
                         kwargs["device"].type == "cuda")
     return DaliLoader(read, shards.images, classes=shards.classes, rank=rank,
                       world_size=world_size, source=data,

@@ -4,8 +4,10 @@
 
 For each image a shard holds `<key>.<ext>` (the original file's bytes), `<key>.cls` (its class
 index as text, the WebDataset convention) and `<key>.i32` (the same index as a little-endian
-int32, which DALI reads directly). `manifest.json` beside the shards lists them with their
-image counts, and the class names.
+int32, which DALI reads directly). Beside each shard `shard-NNNNNN.tar`, `shard-NNNNNN.idx`
+is its index in DALI's format (see `write_index`), so that DALI need not scan the archives
+before it starts. `manifest.json` lists the shards with their image counts and indexes, and
+the class names.
 """
 
 import io
@@ -34,12 +36,33 @@ class ShardSet:
     images: int
     classes: list[str]
     skipped: list[tuple[str, str]]  # unreadable files left out when the shards were written
+    # One index per shard, or None where a shard has none (DALI then scans the archives).
+    index_paths: list[str] | None = None
 
 
 def _add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     archive.addfile(info, io.BytesIO(data))
+
+
+def write_index(shard: Path, index: Path) -> None:
+    """Write the DALI index of `shard` (as DALI's wds2idx does): a line `v1.2 <samples>`, then
+    one line per sample, `<ext> <offset> <size> <member name>` for each of its members, where
+    a sample is a run of members sharing the name before the first dot."""
+    samples: list[list[str]] = []
+    last_key = None
+    with tarfile.open(shard) as archive:
+        for member in archive:
+            if not member.isfile():
+                continue
+            key, _, extension = member.name.partition(".")
+            if key != last_key:
+                samples.append([])
+                last_key = key
+            samples[-1].append(f"{extension} {member.offset_data} {member.size} {member.name}")
+    lines = [f"v1.2 {len(samples)}", *(" ".join(sample) for sample in samples)]
+    index.write_text("\n".join(lines) + "\n")
 
 
 def prepare_shards(source: Path, destination: Path, shard_size: int, seed: int = 0) -> ShardSet:
@@ -81,12 +104,18 @@ def prepare_shards(source: Path, destination: Path, shard_size: int, seed: int =
                 _add_member(archive, f"{stem}{Path(path).suffix.lower()}", Path(path).read_bytes())
                 _add_member(archive, f"{stem}.cls", str(label).encode())
                 _add_member(archive, f"{stem}.{LABEL_EXTENSION}", label.to_bytes(4, "little"))
+        index = f"{Path(name).stem}.idx"
+        tmp_index = destination / f".{index}.tmp"
+        write_index(tmp, tmp_index)
+        tmp_index.rename(destination / index)
         tmp.rename(destination / name)
-        shards.append({"name": name, "images": len(order[start:start + shard_size])})
+        shards.append({"name": name, "images": len(order[start:start + shard_size]),
+                       "index": index})
     manifest = {"format": FORMAT, "version": 1, "classes": classes, "shards": shards,
                 "skipped": [{"path": p, "reason": r} for p, r in skipped]}
     (destination / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return ShardSet([str(destination / s["name"]) for s in shards], len(order), classes, skipped)
+    return ShardSet([str(destination / s["name"]) for s in shards], len(order), classes, skipped,
+                    [str(destination / s["index"]) for s in shards])
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -109,7 +138,8 @@ def is_shard_source(data: str) -> bool:
 def find_shards(data: str) -> ShardSet:
     """The shards `--data` names: a folder written by `prepare_shards`, or a path pattern.
 
-    Image counts and class names come from the manifest beside the shards.
+    Image counts, class names and indexes come from the manifest beside the shards; shards
+    written before indexes were, or copied without them, are read without any.
     """
     folder = Path(data) if (Path(data) / MANIFEST).is_file() else Path(data).parent
     manifest_path = folder / MANIFEST
@@ -118,11 +148,15 @@ def find_shards(data: str) -> ShardSet:
                         "byolctl data prepare.")
     manifest = json.loads(manifest_path.read_text())
     counts = {s["name"]: s["images"] for s in manifest["shards"]}
+    indexes = {s["name"]: folder / s["index"] for s in manifest["shards"] if "index" in s}
     paths = ([str(folder / name) for name in counts] if Path(data).is_dir()
              else expand_braces(data))
     missing = [p for p in paths if not Path(p).is_file() or Path(p).name not in counts]
     if missing:
         raise UserError(f"--data {data}: {missing[0]} is missing or not in {manifest_path}.")
     skipped = [(s["path"], s["reason"]) for s in manifest.get("skipped", [])]
+    index_paths = [indexes.get(Path(p).name) for p in paths]
+    if not all(index is not None and index.is_file() for index in index_paths):
+        index_paths = None  # DALI takes an index for every shard or for none
     return ShardSet(paths, sum(counts[Path(p).name] for p in paths), manifest["classes"],
-                    skipped)
+                    skipped, index_paths and [str(index) for index in index_paths])
