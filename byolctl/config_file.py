@@ -6,7 +6,11 @@ from typing import Any
 
 import yaml
 
+from byol.config import MODEL_FIELDS, TOP_FIELDS
 from byol.errors import UserError
+
+# Settings a file may hold besides the config fields: where the run goes, and its preset.
+FILE_ONLY_KEYS = frozenset({"out", "preset"})
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -34,4 +38,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
             raise UserError(f"Config file {path} sets {name} twice (spelled with dashes and "
                             "with underscores); keep one.")
         settings[name] = value
+    valid = TOP_FIELDS | MODEL_FIELDS | FILE_ONLY_KEYS
+    unknown = sorted(set(settings) - valid)
+    if unknown:
+        raise UserError(f"Config file {path} has unknown setting(s) {', '.join(unknown)}; "
+                        f"valid ones are {', '.join(sorted(valid))}.")
     return settings

@@ -68,3 +68,8 @@ def test_bad_config_files_are_user_errors(tmp_path):
     other.write_text("{}")
     with pytest.raises(UserError, match="yaml"):
         read_config_file(other)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("learning-rate: 0.1\nout: runs/x\n")
+    with pytest.raises(UserError, match="typo.yaml has unknown setting.s. learning_rate; "
+                                        "valid ones are .*, out, .*, preset, "):
+        read_config_file(typo)
