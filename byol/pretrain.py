@@ -63,10 +63,11 @@ def default_run_dir(arch: str) -> Path:
 
 
 def checkpoint_run_dir(checkpoint: Path) -> Path:
-    """The run folder a checkpoint belongs to (last.pt sits in it, step files one below)."""
+    """The run folder a checkpoint belongs to (last.pt sits in it, step files one below),
+    spelled as the user spelled the checkpoint unless it is a link to one elsewhere."""
     if checkpoint.is_dir():
         return checkpoint
-    parent = checkpoint.resolve().parent
+    parent = (checkpoint.resolve() if checkpoint.is_symlink() else checkpoint).parent
     return parent.parent if parent.name == STEP_DIR else parent
 
 

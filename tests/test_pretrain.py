@@ -8,7 +8,7 @@ import torch
 
 from byol.checkpoint import load_checkpoint
 from byol.errors import UserError
-from byol.pretrain import prepare_run
+from byol.pretrain import checkpoint_run_dir, prepare_run
 from tests.conftest import run_pretraining
 
 
@@ -26,6 +26,18 @@ def test_short_pretrain_writes_config_metrics_and_a_loadable_checkpoint(tiny):
     assert state["step"] == 6 and state["config"]["batch_size"] == 8
     # keep_checkpoints=1: the step-4 file is pruned; last.pt stays.
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000006.pt"]
+
+
+def test_a_checkpoints_run_folder_is_spelled_as_given_unless_it_is_linked(tmp_path):
+    step_file = tmp_path / "run" / "checkpoints" / "step-0000002.pt"
+    step_file.parent.mkdir(parents=True)
+    step_file.write_bytes(b"")
+    (tmp_path / "run" / "last.pt").write_bytes(b"")
+    assert checkpoint_run_dir(Path("run/last.pt")) == Path("run")
+    assert checkpoint_run_dir(Path("run/checkpoints/step-0000002.pt")) == Path("run")
+    assert checkpoint_run_dir(Path("run")) == Path("run")
+    (tmp_path / "best.pt").symlink_to(step_file)
+    assert checkpoint_run_dir(Path("best.pt")) == tmp_path / "run"
 
 
 def test_an_interrupted_and_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(tiny):
