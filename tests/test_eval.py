@@ -236,6 +236,7 @@ def test_eval_on_an_image_folder(checkpoint, cifar_eval_folder, tmp_path):
     assert numbers["checkpoint"] == str(checkpoint.resolve())
     assert (numbers["train_images"], numbers["val_images"], numbers["classes"]) == (30, 30, 3)
     assert numbers["val_split"] == "test"
+    assert "(always, with 3 classes)" in result.output  # top-5 of 3 classes says nothing
 
 
 def test_a_json_file_that_cannot_be_written_is_refused_before_any_work(checkpoint, tmp_path):
