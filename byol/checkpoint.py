@@ -99,6 +99,15 @@ def checkpoint_file(path: Path) -> Path:
     return path / LAST if path.is_dir() else path
 
 
+def saved_step(path: Path) -> int | None:
+    """The step a checkpoint file holds, read without loading its tensors; None if it cannot
+    be read."""
+    try:
+        return int(torch.load(path, mmap=True, weights_only=True, map_location="cpu")["step"])
+    except Exception:
+        return None
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a pretraining checkpoint on the CPU; UserError if it is missing or not ours."""
     path = checkpoint_file(path)

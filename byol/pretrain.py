@@ -18,7 +18,14 @@ from typing import Any
 import torch
 
 from byol import distributed, ops
-from byol.checkpoint import LAST, STEP_DIR, atomic_write_text, load_checkpoint
+from byol.checkpoint import (
+    LAST,
+    STEP_DIR,
+    atomic_write_text,
+    checkpoint_file,
+    load_checkpoint,
+    saved_step,
+)
 from byol.config import (
     RUNTIME_FIELDS,
     PretrainConfig,
@@ -178,6 +185,8 @@ def _resume(checkpoint: Path, preset: str | None, overrides: dict[str, Any],
     if run_dir.resolve() != home.resolve() and holds_run(run_dir):
         raise UserError(f"{run_dir} already holds another run; choose an empty --out to "
                         f"continue {checkpoint} there.")
+    if run_dir.resolve() == home.resolve():
+        _refuse_rewinding(checkpoint, state["step"], home)
     # On another number of processes the run keeps its length in steps (see Trainer.restore).
     same_processes = saved_world_size(state) == distributed.current().world_size
     trainer = Trainer(config, run_dir,
@@ -195,6 +204,21 @@ def _resume(checkpoint: Path, preset: str | None, overrides: dict[str, Any],
                         "byolctl pretrain.") from error
     _start_run_dir(trainer)
     return trainer, checkpoint
+
+
+def _refuse_rewinding(checkpoint: Path, step: int, run_dir: Path) -> None:
+    """Refuse to continue a run in its own folder from a checkpoint older than its last.pt:
+    the first save would delete the later checkpoints and the metrics after `step`. (An
+    unreadable last.pt does not stop it: resuming from an older file is then the way out.)"""
+    last = run_dir / LAST
+    if not last.is_file() or last.samefile(checkpoint_file(checkpoint)):
+        return
+    newest = saved_step(last)
+    if newest is not None and newest > step:
+        raise UserError(f"{checkpoint} is step {step}, but the run in {run_dir} has gone on "
+                        f"to step {newest}; continuing it there would delete the later "
+                        "checkpoints and metrics. Branch from it into a new folder with --out "
+                        f"NEWDIR, or continue the newest with --resume auto --out {run_dir}.")
 
 
 def _start_run_dir(trainer: Trainer) -> None:

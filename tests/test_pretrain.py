@@ -185,14 +185,25 @@ def test_resume_refuses_a_different_preset_and_another_runs_folder(tiny):
         prepare_run(None, tiny, Path("other"), "run/last.pt")
 
 
-def test_resuming_from_an_older_checkpoint_rewrites_history_once(tiny):
+def test_an_older_checkpoint_is_continued_in_a_new_folder_not_over_its_run(tiny):
     settings = {**tiny, "checkpoint_every": 2, "keep_checkpoints": 5}
     run_pretraining(settings)
-    _, summary, _ = run_pretraining(settings, resume="run/checkpoints/step-0000002.pt")
-    steps = [json.loads(line)["step"] for line in Path("run/metrics.jsonl").open()]
-    assert steps == list(range(1, 7)) and summary.step == 6
-    kept = sorted(p.name for p in Path("run/checkpoints").iterdir())
-    assert kept == ["step-0000002.pt", "step-0000004.pt", "step-0000006.pt"]
+    before = {p: p.read_bytes() for p in Path("run").rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match="is step 2, but the run in run has gone on to step 6.*"
+                                        "--out NEWDIR.*--resume auto --out run"):
+        prepare_run(None, settings, None, "run/checkpoints/step-0000002.pt")
+    assert {p: p.read_bytes() for p in Path("run").rglob("*") if p.is_file()} == before
+    _, summary, _ = run_pretraining(settings, out="branch",
+                                    resume="run/checkpoints/step-0000002.pt")
+    steps = [json.loads(line)["step"] for line in Path("branch/metrics.jsonl").open()]
+    assert steps == list(range(3, 7)) and summary.step == 6
+    assert {p: p.read_bytes() for p in Path("run").rglob("*") if p.is_file()} == before
+    # The newest checkpoint itself, by either name, continues in place (here: nothing left).
+    prepare_run(None, settings, None, "run/checkpoints/step-0000006.pt")
+    # A damaged last.pt does not block the way back to an older checkpoint.
+    Path("run/last.pt").unlink()
+    Path("run/last.pt").write_bytes(b"damaged")
+    prepare_run(None, settings, None, "run/checkpoints/step-0000002.pt")
 
 
 def test_checkpoints_are_pruned_by_step_number_not_by_name(tmp_path):
