@@ -212,8 +212,13 @@ class Trainer:
     # ----------------------------------------------------------------------------- monitors
 
     def _build_monitors(self) -> tuple[LinearProbe | None, KnnMonitor | None, int]:
-        """The linear probe and kNN monitor this run asks for (see `byol.monitors`)."""
+        """The linear probe and kNN monitor this run asks for (see `byol.monitors`).
+
+        Held-out data found beside the training folder that cannot serve (other class
+        folders, no readable image) turns the kNN monitor off, saying why in `knn_unusable`,
+        unless the user asked for the monitor; then it is an error."""
         config, classes = self.config, getattr(self.loader, "classes", None)
+        self.knn_unusable: str | None = None
         probe = None
         if config.probe or (config.probe is None and classes):
             if not classes:
@@ -229,10 +234,16 @@ class Trainer:
             self.loader.steps_per_epoch if knn_data else 0)
         if not every or not self.processes.is_main:
             return probe, None, every  # the kNN check runs on rank 0 only
-        monitor = KnnMonitor(knn_data, image_size=config.image_size,
-                             batch_size=config.batch_size, workers=config.workers,
-                             device=self.device, seed=config.seed,
-                             precision=config.precision)
+        try:
+            monitor = KnnMonitor(knn_data, image_size=config.image_size,
+                                 batch_size=config.batch_size, workers=config.workers,
+                                 device=self.device, seed=config.seed,
+                                 precision=config.precision)
+        except UserError as error:
+            if config.knn_data or config.knn_every is not None:
+                raise
+            self.knn_unusable = str(error)
+            return probe, None, 0
         return probe, monitor, every
 
     def _knn_due(self) -> bool:

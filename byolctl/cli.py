@@ -190,6 +190,9 @@ def _describe_monitors(trainer) -> str | None:
         when = ("at the end" if every >= trainer.total_steps
                 else f"every {every} steps and at the end")
         parts.append(f"kNN on {trainer.knn_monitor.data} {when}")
+    elif trainer.knn_unusable:
+        parts.append(f"no kNN ({trainer.knn_unusable.rstrip('.')}; or name other held-out "
+                     "data with --knn-data)")
     elif getattr(trainer.loader, "classes", None) and trainer.config.knn_every is None:
         parts.append("no kNN (no val/ or test/ beside the training folder; name one with "
                      "--knn-data)")

@@ -63,6 +63,27 @@ def test_the_run_says_why_labeled_data_gets_no_knn_monitor(cifar_eval_folder, tm
     assert "Monitors: linear probe, no kNN (no val/ or test/" in result.output
 
 
+def test_held_out_data_found_beside_that_cannot_serve_turns_knn_off_saying_why(
+        cifar_eval_folder, tmp_path):
+    # An empty class folder in train/ only: the splits' classes differ.
+    for split in ("train", "test"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        for class_dir in (cifar_eval_folder / split).iterdir():
+            (tmp_path / "data" / split / class_dir.name).symlink_to(class_dir)
+    (tmp_path / "data" / "train" / "zz-empty").mkdir()
+    flags = ["pretrain", "--data", str(tmp_path / "data" / "train"), "--arch", "resnet18",
+             "--image-size", "16", "--batch-size", "8", "--steps", "1", "--workers", "1",
+             "--device", "cpu"]
+    result = runner.invoke(app, [*flags, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    message = " ".join(result.output.split())
+    assert "Monitors: linear probe, no kNN (" in message
+    assert "have different class folders" in message and "--knn-data" in message
+    # Asked for, the monitor's data must serve.
+    result = runner.invoke(app, [*flags, "--out", str(tmp_path / "b"), "--knn-every", "1"])
+    assert result.exit_code == 2 and "have different class folders" in result.output
+
+
 def test_held_out_data_is_found_beside_a_train_folder(cifar_eval_folder, tmp_path):
     assert held_out_data("demo") == "demo"
     assert held_out_data(str(cifar_eval_folder / "train")) == str(cifar_eval_folder)
