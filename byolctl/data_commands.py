@@ -62,8 +62,9 @@ ShardSizeOpt = Annotated[int, typer.Option("--shard-size", help="Images per shar
 def prepare(folder: FolderArg, destination: DestinationArg, shard_size: ShardSizeOpt = 10_000):
     """Write an image folder as WebDataset tar shards, for data too large for many small files.
 
-    Train on them with --data DESTINATION (all shards) or a pattern such as
-    DESTINATION/shard-{000000..000009}.tar. Unreadable images are left out and listed.
+    Train on them with --data DESTINATION (all shards) or a quoted pattern such as
+    'DESTINATION/shard-{000000..000009}.tar' (unquoted, the shell expands the braces).
+    Unreadable images are left out and listed.
     """
     from byol.data.shards import prepare_shards  # deferred: keeps --help fast
 

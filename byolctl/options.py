@@ -49,7 +49,8 @@ PresetOpt = Annotated[Optional[Preset], typer.Option(
     "--preset", help="Starting hyperparameters: `demo` for --data demo, else `imagenet`.",
     show_default=False)]
 WidthOpt = Annotated[Optional[int], typer.Option(
-    "--width", help="Bottleneck width multiplier (resnet50 and deeper).", show_default=False)]
+    "--width", help="Bottleneck width multiplier (resnet50 and deeper) \\[default: 1].",
+    show_default=False)]
 SmallStemOpt = Annotated[Optional[bool], typer.Option(
     "--small-stem/--imagenet-stem", help="3x3 stem without max-pool, for 32-64 px images.",
     show_default=False)]
@@ -89,17 +90,20 @@ ResumeOpt = Annotated[Optional[str], typer.Option(
     "--resume", help="`auto` (continue the matching run) or a checkpoint or run folder.",
     show_default=False)]
 SeedOpt = Annotated[Optional[int], typer.Option(
-    "--seed", help="Seed for initialization, data order and augmentation.", show_default=False)]
+    "--seed", help="Seed for initialization, data order and augmentation \\[default: 0].",
+    show_default=False)]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", help="DALI CPU threads \\[default: the cores, at most 8].", show_default=False)]
 StrictOpt = Annotated[Optional[bool], typer.Option(
     "--strict/--skip-bad", help="Stop at the first unreadable image \\[default: skip and list].",
     show_default=False)]
 CheckpointEveryOpt = Annotated[Optional[int], typer.Option(
-    "--checkpoint-every", help="Steps between checkpoints (and one at the end).",
+    "--checkpoint-every", help="Steps between checkpoints (and one at the end) "
+    "\\[default: 1000].",
     show_default=False)]
 KeepOpt = Annotated[Optional[int], typer.Option(
-    "--keep-checkpoints", help="Step checkpoints to keep (last.pt names the newest).",
+    "--keep-checkpoints", help="Step checkpoints to keep (last.pt names the newest) "
+    "\\[default: 3].",
     show_default=False)]
 OnNanOpt = Annotated[Optional[OnNan], typer.Option(
     "--on-nan", help="A non-finite loss or gradient stops the run, or skips that step (nothing "

@@ -27,6 +27,18 @@ def test_help_lists_pretrain_and_pretrain_help_ends_with_an_example():
     assert result.output.strip().splitlines()[-1].strip().startswith("Example: byolctl pretrain")
 
 
+def test_the_defaults_pretrain_help_states_are_the_configs():
+    from byol.config import ModelConfig, PretrainConfig
+
+    output = runner.invoke(app, ["pretrain", "--help"], env={"COLUMNS": "200"}).output
+    help_text = " ".join(output.replace("│", " ").split())
+    for option, value in {"--width": ModelConfig().width, "--seed": PretrainConfig().seed,
+                          "--checkpoint-every": PretrainConfig().checkpoint_every,
+                          "--keep-checkpoints": PretrainConfig().keep_checkpoints}.items():
+        described = help_text[help_text.index(option):].split("[default: ", 1)[1]
+        assert described.startswith(f"{value}]"), option
+
+
 def test_an_unknown_option_is_a_usage_error_with_status_2():
     result = runner.invoke(app, ["pretrain", "--learning-rate", "1"])
     assert result.exit_code == 2

@@ -2,7 +2,7 @@
 or images in memory (the demo dataset).
 
     byolctl pretrain --data /datasets/imagenet/train
-    byolctl pretrain --data /fast/imagenet-shards/shard-{000000..000127}.tar
+    byolctl pretrain --data '/fast/imagenet-shards/shard-{000000..000127}.tar'
     byolctl pretrain                                  # the demo dataset
 
 Decoding runs on the GPU (`device="mixed"`) when training there, and on DALI's CPU operators
