@@ -23,9 +23,9 @@ class LARS(torch.optim.Optimizer):
 
     As in the official implementation, every 1-D parameter (biases, BatchNorm scales and
     shifts) gets neither weight decay nor trust-ratio scaling. One parameter group: the trainer
-    sets its lr before each step. `clip` caps each tensor's rate at the global lr (see
-    `kernels.reference.lars_step_`). Build it after the model is on its device and in its memory
-    format, since the parameters become views into the flat buffer.
+    sets its lr before each step. `clip` makes each tensor's rate its trust ratio, capped at
+    the global lr (see `kernels.reference.lars_step_`). Build it after the model is on its
+    device and in its memory format, since the parameters become views into the flat buffer.
     """
 
     def __init__(self, parameters: Iterable[nn.Parameter], *, lr: float, weight_decay: float,

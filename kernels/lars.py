@@ -77,7 +77,7 @@ def _update_kernel(
     partial_ptr,       # (2, blocks) fp32 in: the norms kernel's partial sums
     num_blocks,
     lr, weight_decay, momentum, eta,
-    CLIP: tl.constexpr,  # cap each tensor's rate lr * trust at lr
+    CLIP: tl.constexpr,  # rate = min(trust, lr) instead of lr * trust
     BLOCK: tl.constexpr, REDUCE: tl.constexpr,
 ):
     _, tensor, offsets, mask = _block_location(block_start_ptr, block_tensor_ptr,

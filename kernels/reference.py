@@ -64,9 +64,10 @@ def lars_step_(
     Tensors flagged in `excluded` (biases, normalization parameters) skip both the weight decay
     and the trust scaling. The gradients are not modified.
 
-    `clip` caps each tensor's rate lr * trust at lr (trust <- min(trust / lr, 1), and 1 when lr
-    is 0), as solo-learn's LARS does for the CIFAR numbers (lr 1.0, eta 0.02): without the cap,
-    a large eta over small BYOL gradients gives steps many times the global lr.
+    `clip` sets trust <- min(trust / lr, 1) (1 when lr is 0), so that each tensor's rate
+    lr * trust becomes min(eta * ||w|| / ||g||, lr): the trust ratio itself, capped at lr; as
+    solo-learn's LARS does for the CIFAR numbers (lr 1.0, eta 0.02). Without the cap, a large
+    eta over small BYOL gradients gives steps many times the global lr.
     """
     for w, g, mu, skip in zip(params, grads, momenta, excluded, strict=True):
         update = g.float()
