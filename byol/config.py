@@ -52,7 +52,8 @@ class PretrainConfig:
     lars_eta: float = 1e-3
     """LARS trust coefficient."""
     lars_clip: bool = False
-    """Cap each tensor's LARS rate at the global lr (the CIFAR numbers assume it)."""
+    """Each tensor's LARS rate is its trust ratio capped at the global lr, not lr times it
+    (the CIFAR numbers assume it)."""
     momentum: float = 0.9
     """LARS momentum."""
     tau_base: float = 0.99

@@ -70,12 +70,17 @@ def default_run_dir(arch: str) -> Path:
 
 
 def checkpoint_run_dir(checkpoint: Path) -> Path:
-    """The run folder a checkpoint belongs to (last.pt sits in it, step files one below),
-    spelled as the user spelled the checkpoint unless it is a link to one elsewhere."""
+    """The run folder a checkpoint belongs to (last.pt sits in it, step files one below):
+    found through the real path, and spelled as the user spelled the checkpoint where that
+    names the same folder (not through `.` inside it, or a link)."""
     if checkpoint.is_dir():
         return checkpoint
-    parent = (checkpoint.resolve() if checkpoint.is_symlink() else checkpoint).parent
-    return parent.parent if parent.name == STEP_DIR else parent
+
+    def run_of(path: Path) -> Path:
+        return path.parent.parent if path.parent.name == STEP_DIR else path.parent
+
+    home, spelled = run_of(checkpoint.resolve()), run_of(checkpoint)
+    return spelled if spelled.resolve() == home else home
 
 
 def holds_run(run_dir: Path) -> bool:

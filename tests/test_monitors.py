@@ -82,6 +82,16 @@ def test_held_out_data_found_beside_that_cannot_serve_turns_knn_off_saying_why(
     # Asked for, the monitor's data must serve.
     result = runner.invoke(app, [*flags, "--out", str(tmp_path / "b"), "--knn-every", "1"])
     assert result.exit_code == 2 and "have different class folders" in result.output
+    # A held-out split with the same classes and no readable image.
+    (tmp_path / "data" / "train" / "zz-empty").rmdir()
+    (tmp_path / "data" / "test").rename(tmp_path / "linked-test")
+    for class_dir in (tmp_path / "data" / "train").iterdir():
+        (tmp_path / "data" / "test" / class_dir.name).mkdir(parents=True)
+        (tmp_path / "data" / "test" / class_dir.name / "empty.jpg").write_bytes(b"")
+    result = runner.invoke(app, [*flags, "--out", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    message = " ".join(result.output.split())
+    assert "no kNN (" in message and "none of its images can be read" in message
 
 
 def test_held_out_data_is_found_beside_a_train_folder(cifar_eval_folder, tmp_path):

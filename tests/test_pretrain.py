@@ -28,7 +28,8 @@ def test_short_pretrain_writes_config_metrics_and_a_loadable_checkpoint(tiny):
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000006.pt"]
 
 
-def test_a_checkpoints_run_folder_is_spelled_as_given_unless_it_is_linked(tmp_path):
+def test_a_checkpoints_run_folder_is_spelled_as_given_where_that_names_it(tmp_path,
+                                                                          monkeypatch):
     step_file = tmp_path / "run" / "checkpoints" / "step-0000002.pt"
     step_file.parent.mkdir(parents=True)
     step_file.write_bytes(b"")
@@ -38,6 +39,10 @@ def test_a_checkpoints_run_folder_is_spelled_as_given_unless_it_is_linked(tmp_pa
     assert checkpoint_run_dir(Path("run")) == Path("run")
     (tmp_path / "best.pt").symlink_to(step_file)
     assert checkpoint_run_dir(Path("best.pt")) == tmp_path / "run"
+    (tmp_path / "steps").symlink_to(step_file.parent)
+    assert checkpoint_run_dir(Path("steps/step-0000002.pt")) == tmp_path / "run"
+    monkeypatch.chdir(step_file.parent)  # inside checkpoints/: the run is one up
+    assert checkpoint_run_dir(Path("step-0000002.pt")) == tmp_path / "run"
 
 
 def test_an_interrupted_and_resumed_run_ends_bit_for_bit_like_an_uninterrupted_one(tiny):

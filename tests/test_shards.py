@@ -67,12 +67,24 @@ def test_each_shard_has_an_index_pointing_at_its_members(shard_dir):
 
 def test_shards_without_indexes_are_still_read(shard_dir):
     assert find_shards(str(shard_dir)).index_paths is not None
+    (shard_dir / "shard-000002.idx").write_text("")  # cut short in copying
+    assert find_shards(str(shard_dir)).index_paths is None
     (shard_dir / "shard-000001.idx").unlink()
     shards = find_shards(str(shard_dir))
     assert shards.index_paths is None
     loader = shards_loader(str(shard_dir), image_size=16, batch_size=5, seed=2, workers=1,
                            device=torch.device("cpu"))
     assert next(iter(loader)).view1.shape == (5, 3, 16, 16)
+
+
+def test_indexes_added_beside_shards_of_an_older_manifest_are_used(shard_dir):
+    manifest_path = shard_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for shard in manifest["shards"]:
+        del shard["index"]
+    manifest_path.write_text(json.dumps(manifest))
+    paths = find_shards(str(shard_dir)).index_paths
+    assert paths == [str(shard_dir / f"shard-00000{i}.idx") for i in range(4)]
 
 
 def test_prepare_refuses_a_folder_that_is_not_empty(shard_dir, cifar_folder):

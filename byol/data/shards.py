@@ -139,7 +139,8 @@ def find_shards(data: str) -> ShardSet:
     """The shards `--data` names: a folder written by `prepare_shards`, or a path pattern.
 
     Image counts, class names and indexes come from the manifest beside the shards; shards
-    written before indexes were, or copied without them, are read without any.
+    without a readable index each (written before indexes were, or copied without them) are
+    read without any.
     """
     folder = Path(data) if (Path(data) / MANIFEST).is_file() else Path(data).parent
     manifest_path = folder / MANIFEST
@@ -148,15 +149,27 @@ def find_shards(data: str) -> ShardSet:
                         "byolctl data prepare.")
     manifest = json.loads(manifest_path.read_text())
     counts = {s["name"]: s["images"] for s in manifest["shards"]}
-    indexes = {s["name"]: folder / s["index"] for s in manifest["shards"] if "index" in s}
+    # Shards written before indexes were may have had them added with DALI's wds2idx.
+    indexes = {s["name"]: folder / s.get("index", Path(s["name"]).with_suffix(".idx"))
+               for s in manifest["shards"]}
     paths = ([str(folder / name) for name in counts] if Path(data).is_dir()
              else expand_braces(data))
     missing = [p for p in paths if not Path(p).is_file() or Path(p).name not in counts]
     if missing:
         raise UserError(f"--data {data}: {missing[0]} is missing or not in {manifest_path}.")
     skipped = [(s["path"], s["reason"]) for s in manifest.get("skipped", [])]
-    index_paths = [indexes.get(Path(p).name) for p in paths]
-    if not all(index is not None and index.is_file() for index in index_paths):
+    index_paths = [indexes[Path(p).name] for p in paths]
+    if not all(_is_index(index) for index in index_paths):
         index_paths = None  # DALI takes an index for every shard or for none
     return ShardSet(paths, sum(counts[Path(p).name] for p in paths), manifest["classes"],
                     skipped, index_paths and [str(index) for index in index_paths])
+
+
+def _is_index(path: Path) -> bool:
+    """Whether `path` starts like a DALI index: one cut short in copying, or empty, would stop
+    DALI's reader, where no index only makes it scan the archive."""
+    try:
+        with path.open("rb") as f:
+            return f.read(5) == b"v1.2 "
+    except OSError:
+        return False
