@@ -232,19 +232,25 @@ class Trainer:
                             "holding train/ and val/.")
         every = config.knn_every if config.knn_every is not None else (
             self.loader.steps_per_epoch if knn_data else 0)
-        if not every or not self.processes.is_main:
-            return probe, None, every  # the kNN check runs on rank 0 only
-        try:
-            monitor = KnnMonitor(knn_data, image_size=config.image_size,
-                                 batch_size=config.batch_size, workers=config.workers,
-                                 device=self.device, seed=config.seed,
-                                 precision=config.precision)
-        except UserError as error:
-            if config.knn_data or config.knn_every is not None:
-                raise
-            self.knn_unusable = str(error)
+        if not every:
             return probe, None, 0
-        return probe, monitor, every
+        monitor, failure = None, None
+        if self.processes.is_main:  # the kNN check runs on rank 0 only
+            try:
+                monitor = KnnMonitor(knn_data, image_size=config.image_size,
+                                     batch_size=config.batch_size, workers=config.workers,
+                                     device=self.device, seed=config.seed,
+                                     precision=config.precision)
+            except UserError as error:
+                failure = error
+        # Every rank takes rank 0's outcome, so that all stop with its message or go on.
+        failure = distributed.share_from_main(failure)
+        if failure is None:
+            return probe, monitor, every
+        if config.knn_data or config.knn_every is not None:
+            raise failure
+        self.knn_unusable = str(failure)
+        return probe, None, 0
 
     def _knn_due(self) -> bool:
         """Whether the kNN monitor checks the step just done: every `knn_every` steps and at

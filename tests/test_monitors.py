@@ -1,6 +1,9 @@
 """The linear probe and the kNN monitor during pretraining."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,6 +95,25 @@ def test_held_out_data_found_beside_that_cannot_serve_turns_knn_off_saying_why(
     assert result.exit_code == 0, result.output
     message = " ".join(result.output.split())
     assert "no kNN (" in message and "none of its images can be read" in message
+
+
+@pytest.mark.slow
+def test_under_torchrun_every_rank_stops_with_the_monitors_error(cifar_eval_folder, tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        for class_dir in (cifar_eval_folder / split).iterdir():
+            (tmp_path / "data" / split / class_dir.name).symlink_to(class_dir)
+    (tmp_path / "data" / "train" / "zz-empty").mkdir()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--master-port", "29616", "-m", "byolctl", "pretrain",
+               "--data", str(tmp_path / "data" / "train"), "--arch", "resnet18",
+               "--image-size", "16", "--batch-size", "4", "--steps", "2", "--workers", "1",
+               "--device", "cpu", "--knn-every", "1", "--out", str(tmp_path / "run")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    # Rank 1 too stops with rank 0's one line, rather than failing in a collective.
+    assert " ".join(result.stderr.split()).count("have different class folders") == 2
 
 
 def test_held_out_data_is_found_beside_a_train_folder(cifar_eval_folder, tmp_path):
