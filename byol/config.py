@@ -97,6 +97,7 @@ RUNTIME_FIELDS = frozenset({"device", "kernels", "compile", "workers", "strict",
                             "knn_data", "on_nan", "max_skipped_steps"})
 MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 TOP_FIELDS = frozenset(f.name for f in dataclasses.fields(PretrainConfig)) - {"model"}
+SETTING_NAMES = TOP_FIELDS | MODEL_FIELDS  # the flat keys a config accepts
 PRECISIONS = ("bf16", "fp32")
 ON_NAN = ("stop", "skip")
 
@@ -110,11 +111,11 @@ def flat_items(config: PretrainConfig) -> dict[str, Any]:
 
 def apply_overrides(config: PretrainConfig, overrides: dict[str, Any]) -> PretrainConfig:
     """A copy of `config` with flat keys replaced; unknown keys are a UserError."""
-    unknown = sorted(set(overrides) - TOP_FIELDS - MODEL_FIELDS)
+    unknown = sorted(set(overrides) - SETTING_NAMES)
     if unknown:
         raise UserError(
             f"Unknown config key(s) {', '.join(unknown)}; valid keys are "
-            f"{', '.join(sorted(TOP_FIELDS | MODEL_FIELDS))}."
+            f"{', '.join(sorted(SETTING_NAMES))}."
         )
     overrides = {name: _coerce(name, value) for name, value in overrides.items()}
     model = dataclasses.replace(

@@ -187,11 +187,11 @@ def _resume(checkpoint: Path, preset: str | None, overrides: dict[str, Any],
     home = checkpoint_run_dir(checkpoint)
     run_dir = out or home
     _check_outside_data(run_dir, config)
-    if run_dir.resolve() != home.resolve() and holds_run(run_dir):
-        raise UserError(f"{run_dir} already holds another run; choose an empty --out to "
-                        f"continue {checkpoint} there.")
     if run_dir.resolve() == home.resolve():
         _refuse_rewinding(checkpoint, state["step"], home)
+    elif holds_run(run_dir):
+        raise UserError(f"{run_dir} already holds another run; choose an empty --out to "
+                        f"continue {checkpoint} there.")
     # On another number of processes the run keeps its length in steps (see Trainer.restore).
     same_processes = saved_world_size(state) == distributed.current().world_size
     trainer = Trainer(config, run_dir,

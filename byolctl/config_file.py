@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from byol.config import MODEL_FIELDS, TOP_FIELDS
+from byol.config import SETTING_NAMES
 from byol.errors import UserError
 
 # Settings a file may hold besides the config fields: where the run goes, and its preset.
@@ -38,7 +38,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
             raise UserError(f"Config file {path} sets {name} twice (spelled with dashes and "
                             "with underscores); keep one.")
         settings[name] = value
-    valid = TOP_FIELDS | MODEL_FIELDS | FILE_ONLY_KEYS
+    valid = SETTING_NAMES | FILE_ONLY_KEYS
     unknown = sorted(set(settings) - valid)
     if unknown:
         raise UserError(f"Config file {path} has unknown setting(s) {', '.join(unknown)}; "
