@@ -43,10 +43,16 @@ DataOpt = Annotated[Optional[str], typer.Option(
     "--data", help="Image folder (<class>/<image>), shards (a folder or a {a..b} pattern), "
     "`demo` (built in, the default) or `random`.",
     show_default=False)]
+# The choices go into the help text, where they wrap: as the metavar they would widen the
+# column so far that 80-column help truncates the longest option names.
 ArchOpt = Annotated[Optional[Arch], typer.Option(
-    "--arch", help="Encoder architecture (torchvision ResNet).", show_default=False)]
+    "--arch", metavar="<name>",
+    help=f"Encoder architecture (torchvision ResNet): {', '.join(ENCODERS)}.",
+    show_default=False)]
 PresetOpt = Annotated[Optional[Preset], typer.Option(
-    "--preset", help="Starting hyperparameters: `demo` for --data demo, else `imagenet`.",
+    "--preset", metavar="<name>",
+    help=f"Starting hyperparameters: {', '.join(PRESETS)} \\[default: demo for --data demo, "
+    "else imagenet].",
     show_default=False)]
 WidthOpt = Annotated[Optional[int], typer.Option(
     "--width", help="Bottleneck width multiplier (resnet50 and deeper) \\[default: 1].",
@@ -85,7 +91,8 @@ PrecisionOpt = Annotated[Optional[Precision], typer.Option(
 DeviceOpt = Annotated[Optional[Device], typer.Option(
     "--device", help="Where to run \\[default: cuda if there is a GPU].", show_default=False)]
 OutOpt = Annotated[Optional[Path], typer.Option(
-    "--out", help="Run folder \\[default: runs/<arch>-<date>-<time>].", show_default=False)]
+    "--out", help="Run folder \\[default: a new one in runs/, named by the arch, date and "
+    "time].", show_default=False)]
 ResumeOpt = Annotated[Optional[str], typer.Option(
     "--resume", help="`auto` (continue the matching run) or a checkpoint or run folder.",
     show_default=False)]

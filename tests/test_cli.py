@@ -27,6 +27,15 @@ def test_help_lists_pretrain_and_pretrain_help_ends_with_an_example():
     assert result.output.strip().splitlines()[-1].strip().startswith("Example: byolctl pretrain")
 
 
+@pytest.mark.parametrize("command", [[], ["pretrain"], ["eval"], ["eval", "linear"],
+                                     ["eval", "knn"], ["export"], ["profile"], ["data"],
+                                     ["data", "check"], ["data", "prepare"]])
+def test_help_fits_an_80_column_terminal_without_cutting_anything(command):
+    output = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "80"}).output
+    assert "…" not in output
+    assert max(map(len, output.splitlines())) <= 80
+
+
 def test_the_defaults_pretrain_help_states_are_the_configs():
     from byol.config import ModelConfig, PretrainConfig
 
