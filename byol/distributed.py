@@ -77,6 +77,26 @@ def gather_objects(value: Any) -> list[Any]:
     return values
 
 
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole of a tensor whose rows are dealt out to the ranks as rows r, r + S, r + 2S, ...
+    of S ranks (see `byol.data.labeled.Split.shard`), on every rank, rows back in their order."""
+    if not dist.is_initialized():
+        return tensor
+    world = dist.get_world_size()
+    counts = [torch.zeros(1, dtype=torch.int64, device=tensor.device) for _ in range(world)]
+    dist.all_gather(counts, torch.tensor([len(tensor)], device=tensor.device))
+    counts = [int(c) for c in counts]
+    # all_gather moves tensors of one shape: each rank pads its rows to the longest share.
+    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
+    padded[:len(tensor)] = tensor
+    shares = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(shares, padded)
+    whole = tensor.new_empty((sum(counts), *tensor.shape[1:]))
+    for rank, (share, count) in enumerate(zip(shares, counts)):
+        whole[rank::world] = share[:count]
+    return whole
+
+
 def mean_across_ranks_(tensor: torch.Tensor) -> torch.Tensor:
     """In place: the mean of `tensor` over all ranks (gloo has no AVG, so SUM then divide)."""
     if dist.is_initialized():

@@ -41,12 +41,15 @@ EvalBatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per batc
 
 def _runtime(device, workers: int | None, batch_size: int,
              image_size: int | None) -> dict[str, Any]:
-    """Device and workers (see device_and_workers); UserError for sizes no run can use."""
+    """Device and workers (see device_and_workers); UserError for sizes no run can use.
+    Under torchrun, joins the other processes, and only rank 0 speaks."""
+    from byol import distributed
     from byol.errors import UserError
 
     if batch_size < 1 or (image_size is not None and image_size < 1):
         raise UserError("--batch-size and --image-size must be at least 1.")
     device, workers = device_and_workers(device, workers)
+    console.quiet = not distributed.setup(device).is_main
     return {"device": device, "workers": workers}
 
 
@@ -75,10 +78,14 @@ def _run_with_progress(evaluate, **kwargs) -> dict[str, Any]:
 
 
 def _report(result: dict[str, Any], checkpoint: Path, json_file: Path | None) -> None:
-    """Print the result as a table, record it in the run folder, and write --json."""
+    """Print the result as a table, record it in the run folder, and write --json (rank 0
+    alone, under torchrun)."""
+    from byol import distributed
     from byol.eval.run import record_result
     from byol.pretrain import checkpoint_run_dir, holds_run
 
+    if not distributed.current().is_main:
+        return
     title = (f"{result['evaluation']} ({result.get('protocol', 'k=' + str(result.get('k')))}) "
              f"- {result['arch']} step {result['step']} on {result['data']}")
     table = Table("metric", "value", title=title)
@@ -90,7 +97,8 @@ def _report(result: dict[str, Any], checkpoint: Path, json_file: Path | None) ->
                             f"{result['val_split']}")
     if result["skipped_images"]:
         table.add_row("skipped", f"{result['skipped_images']} unreadable images")
-    table.add_row("time", f"{result['seconds']:.1f} s on {result['device']} "
+    processes = f" x {result['processes']} processes" if result["processes"] > 1 else ""
+    table.add_row("time", f"{result['seconds']:.1f} s on {result['device']}{processes} "
                           f"({result['precision']})")
     console.print(table)
     if json_file:

@@ -1,7 +1,10 @@
 """Evaluation: features, kNN, the linear classifier, export, and the commands end to end."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from unittest import mock
@@ -63,6 +66,21 @@ def test_bf16_features_on_the_cpu_track_fp32_ones(cifar_eval_folder):
     assert bf16.dtype == torch.float32 and torch.equal(labels, bf16_labels)
     assert not torch.equal(bf16, fp32)  # autocast took effect
     assert torch.nn.functional.cosine_similarity(bf16, fp32).min() > 0.99
+
+
+def test_shards_of_a_split_cover_it_once_and_equal_shards_have_one_length(cifar_folder):
+    folder, _ = eval_splits(str(cifar_folder.parent))
+    memory, _ = eval_splits("demo")
+    for split, items in ((folder, lambda s: s.files), (memory, lambda s: s.images)):
+        shares = [split.shard(rank, 7) for rank in range(7)]
+        assert sum(map(len, shares)) == len(split)
+        for rank, share in enumerate(shares):  # rank r holds items r, r + 7, ...
+            assert len(share) == len(range(rank, len(split), 7))
+            first = items(share)[0]
+            assert first is items(split)[rank] or torch.equal(first, items(split)[rank])
+        equal = [split.shard(rank, 7, equal=True) for rank in range(7)]
+        assert {len(share) for share in equal} == {len(split) // 7}
+    assert folder.shard(0, 1) is folder
 
 
 def test_eval_data_needs_train_and_val_splits_with_the_same_classes(tmp_path, cifar_folder):
@@ -275,3 +293,36 @@ def test_a_result_that_cannot_be_recorded_is_still_shown_and_written(checkpoint,
 def test_eval_refuses_sizes_no_run_can_use(checkpoint, flags):
     result = runner.invoke(app, ["eval", "knn", "--checkpoint", str(checkpoint), *flags])
     assert result.exit_code == 2 and "must be" in result.output
+
+
+@pytest.mark.slow
+def test_under_torchrun_two_processes_share_the_work_and_rank_0_reports_once(
+        checkpoint, cifar_eval_folder, tmp_path):
+    """kNN and the cached classifier see the same features in the same order as one process
+    does, so their numbers are the same; the full protocol trains one classifier with DDP."""
+    data, recorded = str(cifar_eval_folder), checkpoint.parent / "evaluations.jsonl"
+    commands = {"knn": ["eval", "knn", "--k", "20"],
+                "cached": ["eval", "linear", "--protocol", "cached", "--epochs", "3"],
+                "full": ["eval", "linear", "--epochs", "2", "--batch-size", "8"]}
+    for port, (name, command) in enumerate(commands.items(), start=29621):
+        alone = runner.invoke(app, [*command, "--checkpoint", str(checkpoint), "--data", data,
+                                    "--workers", "1", "--json", str(tmp_path / f"{name}1.json")])
+        assert alone.exit_code == 0, alone.output
+        lines_before = len(recorded.read_text().splitlines())
+        together = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+             "--master-port", str(port), "-m", "byolctl", *command, "--checkpoint",
+             str(checkpoint), "--data", data, "--workers", "1", "--device", "cpu", "--json",
+             str(tmp_path / f"{name}2.json")],
+            capture_output=True, text=True, timeout=300, check=False,
+            env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert together.returncode == 0, together.stderr[-3000:]
+        assert together.stdout.count("top-1") == 1  # rank 1 is quiet
+        one, two = (json.loads((tmp_path / f"{name}{n}.json").read_text()) for n in (1, 2))
+        assert (one["processes"], two["processes"]) == (1, 2)
+        assert json.loads(recorded.read_text().splitlines()[-1]) == two  # recorded once
+        assert len(recorded.read_text().splitlines()) == lines_before + 1
+        if name == "full":  # other augmentations: a classifier as good, not the same one
+            assert 10 < two["top1"] <= 100 and two["top1"] <= two["top5"]
+        else:
+            assert (two["top1"], two["top5"]) == (one["top1"], one["top5"])

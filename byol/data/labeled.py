@@ -9,7 +9,7 @@ An evaluation dataset is a folder with `train/` and `val/` (or `test/`), each
 """
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,18 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.files) if self.files is not None else len(self.images)
+
+    def shard(self, index: int, count: int, equal: bool = False) -> "Split":
+        """Process `index`'s share of `count`: items index, index + count, ... With `equal`,
+        every share has len(self) // count items (the at most count - 1 left over are left
+        out), so that processes training together take the same number of steps."""
+        if count == 1:
+            return self
+        end = len(self) // count * count if equal else len(self)
+        share = slice(index, end, count)
+        if self.files is not None:
+            return replace(self, files=self.files[share], labels=self.labels[share])
+        return replace(self, images=self.images[share], image_labels=self.image_labels[share])
 
 
 def eval_splits(data: str, option: str = "--data") -> tuple[Split, Split]:

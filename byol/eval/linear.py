@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from byol.eval.features import autocast_for
 
@@ -39,11 +40,17 @@ class LinearTrainer:
     """A linear layer and its optimizer over `total_steps` cosine-scheduled steps."""
 
     def __init__(self, feature_dim: int, num_classes: int, settings: LinearSettings,
-                 steps_per_epoch: int, device: torch.device):
+                 steps_per_epoch: int, device: torch.device, processes: int = 1):
+        """With `processes` > 1 (under torchrun, each on its own batches), the gradients are
+        averaged over them and the lr follows the global batch."""
         torch.manual_seed(settings.seed)
         self.classifier = nn.Linear(feature_dim, num_classes).to(device)
+        self.model: nn.Module = self.classifier
+        if processes > 1:
+            self.model = DistributedDataParallel(
+                self.classifier, device_ids=[device.index] if device.type == "cuda" else None)
         self.optimizer = torch.optim.SGD(
-            self.classifier.parameters(), lr=settings.lr * settings.batch_size / 256,
+            self.classifier.parameters(), lr=settings.lr * settings.batch_size * processes / 256,
             momentum=settings.momentum, nesterov=True, weight_decay=0.0)
         total_steps = max(1, settings.epochs * steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -51,7 +58,7 @@ class LinearTrainer:
 
     def step(self, features: Tensor, labels: Tensor) -> Tensor:
         """One SGD step on a batch of features (B, D); returns the loss (a device tensor)."""
-        loss = F.cross_entropy(self.classifier(features.float()), labels)
+        loss = F.cross_entropy(self.model(features.float()), labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -79,13 +86,15 @@ def train_on_features(features: Tensor, labels: Tensor, num_classes: int,
 def train_on_images(encoder: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
                     num_images: int, feature_dim: int, num_classes: int,
                     settings: LinearSettings, precision: str = "fp32",
-                    on_epoch: Callable[[int], None] | None = None) -> nn.Linear:
+                    on_epoch: Callable[[int], None] | None = None,
+                    processes: int = 1) -> nn.Linear:
     """The full protocol: each epoch iterates `batches` (augmented images, labels) through the
-    frozen encoder, in `precision`, and trains the classifier on the features."""
+    frozen encoder, in `precision`, and trains the classifier on the features. Under torchrun,
+    `processes` of them train together, each on `num_images` of its own."""
     encoder.eval()
     device = next(encoder.parameters()).device
     trainer = LinearTrainer(feature_dim, num_classes, settings,
-                            math.ceil(num_images / settings.batch_size), device)
+                            math.ceil(num_images / settings.batch_size), device, processes)
     for epoch in range(settings.epochs):
         for images, labels in batches:
             with torch.no_grad(), autocast_for(device, precision):

@@ -5,6 +5,10 @@
 
 Each returns a result dict (the numbers, the protocol and the data) that `record_result` also
 appends to the run folder's evaluations.jsonl.
+
+Under torchrun, each process computes the features of its share of the images and every
+process then holds them all (see `byol.distributed.gather_rows`); the full protocol's
+classifier trains on every process at once, gradients averaged (DDP).
 """
 
 import dataclasses
@@ -18,8 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from byol import distributed
 from byol.checkpoint import checkpoint_file
+from byol.data.dali import augmentation_seed
 from byol.data.labeled import LabeledLoader, Split, eval_splits
+from byol.errors import UserError
 from byol.eval.encoder import load_encoder
 from byol.eval.features import extract_features
 from byol.eval.knn import knn_scores, topk_accuracy
@@ -46,12 +53,15 @@ class Setup:
     image_size: int
     device: torch.device
     precision: str
+    processes: distributed.Processes
 
 
 def _setup(checkpoint: Path, data: str, image_size: int | None, device: str,
            precision: str | None) -> Setup:
+    processes = distributed.setup(device)
     loaded = load_encoder(checkpoint)
-    target = torch.device(device)
+    target = (torch.device("cuda", processes.local_rank)
+              if device == "cuda" and processes.enabled else torch.device(device))
     precision = precision or runtime_defaults({"device": device})["precision"]  # as pretraining
     encoder = loaded.encoder.to(target)
     if target.type == "cuda" or precision == "bf16":  # as the trainer lays them out
@@ -59,24 +69,36 @@ def _setup(checkpoint: Path, data: str, image_size: int | None, device: str,
     encoder.requires_grad_(False)
     train, val = eval_splits(data)
     return Setup(encoder, loaded.feature_dim, loaded.step, loaded.config.model.arch, train,
-                 val, image_size or loaded.config.image_size, target, precision)
+                 val, image_size or loaded.config.image_size, target, precision, processes)
+
+
+def _share(setup: Setup, split: Split, equal: bool = False) -> Split:
+    """This process's share of `split` (see `Split.shard`); all of it in a single process."""
+    processes = setup.processes.world_size
+    if len(split) < processes:
+        raise UserError(f"The {split.name} split holds {len(split)} images, fewer than the "
+                        f"{processes} processes; evaluate it with fewer processes.")
+    return split.shard(setup.processes.rank, processes, equal)
 
 
 def _features(setup: Setup, split: Split, batch_size: int, workers: int,
               on_progress: Progress | None):
-    loader = LabeledLoader(split, image_size=setup.image_size, batch_size=batch_size,
+    """(features, labels) of the whole split, each process computing its share."""
+    share = _share(setup, split)
+    loader = LabeledLoader(share, image_size=setup.image_size, batch_size=batch_size,
                            augment=False, seed=0, workers=workers, device=setup.device)
     task, done = f"{split.name} features", 0
     if on_progress is not None:
-        on_progress(task, 0, len(split))  # the bar shows from the start
+        on_progress(task, 0, len(share))  # the bar shows from the start
 
     def on_batch(size: int) -> None:
         nonlocal done
         done += size
         if on_progress is not None:
-            on_progress(task, done, len(split))
+            on_progress(task, done, len(share))
 
-    return extract_features(setup.encoder, loader, setup.precision, on_batch)
+    features, labels = extract_features(setup.encoder, loader, setup.precision, on_batch)
+    return distributed.gather_rows(features), distributed.gather_rows(labels)
 
 
 def _result(kind: str, checkpoint: Path, data: str, setup: Setup, settings: dict,
@@ -90,7 +112,7 @@ def _result(kind: str, checkpoint: Path, data: str, setup: Setup, settings: dict
         "train_images": len(setup.train), "val_images": len(setup.val),
         "val_split": setup.val.name, "skipped_images": skipped,
         "image_size": setup.image_size, "device": str(setup.device),
-        "precision": setup.precision, **settings,
+        "processes": setup.processes.world_size, "precision": setup.precision, **settings,
         "seconds": round(time.perf_counter() - started, 2),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -137,13 +159,16 @@ def evaluate_linear(checkpoint: Path, data: str, *, protocol: str = "full",
         on_epoch(0)  # each bar shows from its task's start
         classifier = train_on_features(features, labels, num_classes, settings, on_epoch)
     else:
-        batches = LabeledLoader(setup.train, image_size=setup.image_size,
+        rank, processes = setup.processes.rank, setup.processes.world_size
+        share = _share(setup, setup.train, equal=True)  # the same steps on every rank
+        batches = LabeledLoader(share, image_size=setup.image_size,
                                 batch_size=settings.batch_size, augment=True,
-                                seed=settings.seed, workers=workers, device=setup.device)
+                                seed=augmentation_seed(settings.seed, rank), workers=workers,
+                                device=setup.device)
         on_epoch(0)
-        classifier = train_on_images(setup.encoder, batches, len(setup.train),
-                                     setup.feature_dim, num_classes, settings,
-                                     setup.precision, on_epoch)
+        classifier = train_on_images(setup.encoder, batches, len(share), setup.feature_dim,
+                                     num_classes, settings, setup.precision, on_epoch,
+                                     processes=processes)
     val_features, val_labels = _features(setup, setup.val, settings.batch_size, workers,
                                          on_progress)
     accuracy = topk_accuracy(classify(classifier, val_features), val_labels)
