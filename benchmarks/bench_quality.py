@@ -16,8 +16,10 @@ records its curve; the recorded wall time then includes the monitor.
 
 Uses the CIFAR-10 JPEGs of the shared data folder (unpacked once into .cache/cifar10/):
 ResNet-18 with the small stem and the `cifar` preset (lr 1.0 per 256, wd 1e-5, LARS eta 0.02,
-tau_base 0.99); `--lr`, `--weight-decay` and `--tau-base` replace its values, and the result
-and its file name say which. The step-0 checkpoint is the random-init baseline. kNN is
+tau_base 0.99); `--lr`, `--weight-decay`, `--tau-base` and `--lars-eta` replace its values,
+and the result and its file name say which. The preset caps each tensor's rate at the lr
+(`lars_clip`), so a very large `--lars-eta` (1e9) turns LARS into momentum SGD (weight decay
+still off biases and norms). The step-0 checkpoint is the random-init baseline. kNN is
 weighted (k=200, T=0.1; k=20 on small subsets); the linear classifier uses the cached
 protocol. Records epochs, pretraining wall time and the accuracies in benchmarks/results/.
 The GPU target: kNN top-1 of at least 85% after 100 epochs.
@@ -44,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 CACHE = REPO / ".cache"
 # Hyperparameters a run may set instead of the cifar preset's, to compare recipes.
-RECIPE_FLAGS = ("lr", "weight_decay", "tau_base")
+RECIPE_FLAGS = ("lr", "weight_decay", "tau_base", "lars_eta")
 
 
 def cifar10() -> Path:
