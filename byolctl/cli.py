@@ -4,6 +4,7 @@
     byolctl pretrain --arch resnet50 --data random --steps 50
 """
 
+import os
 import signal
 from enum import Enum
 from pathlib import Path
@@ -71,13 +72,21 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+# The commands whose processes work together under torchrun. Any other, started by torchrun,
+# runs in rank 0 alone: the others would write the same files at the same time.
+TORCHRUN_COMMANDS = ("pretrain", "eval")
+
+
 @app.callback()
 def _root(
+    context: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
     version: bool = typer.Option(False, "--version", help="Print the version and exit.",
                                  callback=_print_version, is_eager=True),
 ):
     errors.show_tracebacks = debug
+    if context.invoked_subcommand not in TORCHRUN_COMMANDS and os.environ.get("RANK", "0") != "0":
+        raise typer.Exit()  # torchrun numbers its processes in RANK
 
 
 @app.command(epilog="Example: byolctl pretrain --arch resnet50 --data random --steps 100")

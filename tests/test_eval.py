@@ -203,6 +203,14 @@ def test_export_never_overwrites_the_checkpoint_and_other_files_only_with_force(
     assert "conv1.weight" in torch.load(taken, weights_only=True)
 
 
+def test_started_by_torchrun_export_runs_in_rank_0_alone(checkpoint, tmp_path):
+    out = tmp_path / "encoder.pt"
+    command = ["export", "--checkpoint", str(checkpoint), "--out", str(out)]
+    other_rank = runner.invoke(app, command, env={"RANK": "1"})
+    assert other_rank.exit_code == 0 and other_rank.output == "" and not out.exists()
+    assert runner.invoke(app, command, env={"RANK": "0"}).exit_code == 0 and out.is_file()
+
+
 def test_an_export_holds_only_the_encoder(checkpoint, tmp_path):
     out = tmp_path / "encoder.pt"
     runner.invoke(app, ["export", "--checkpoint", str(checkpoint), "--out", str(out)])
