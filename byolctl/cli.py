@@ -85,8 +85,11 @@ def _root(
                                  callback=_print_version, is_eager=True),
 ):
     errors.show_tracebacks = debug
-    if context.invoked_subcommand not in TORCHRUN_COMMANDS and os.environ.get("RANK", "0") != "0":
-        raise typer.Exit()  # torchrun numbers its processes in RANK
+    # torchrun numbers its processes in RANK, out of WORLD_SIZE.
+    started_by_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if (context.invoked_subcommand not in TORCHRUN_COMMANDS and started_by_torchrun
+            and os.environ.get("RANK", "0") != "0"):
+        raise typer.Exit()
 
 
 @app.command(epilog="Example: byolctl pretrain --arch resnet50 --data random --steps 100")

@@ -36,7 +36,8 @@ EvalDataOpt = Annotated[str, typer.Option(
 EvalImageSizeOpt = Annotated[Optional[int], typer.Option(
     "--image-size", help="Image side in pixels \\[default: the pretraining size].",
     show_default=False)]
-EvalBatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per batch.")]
+EvalBatchOpt = Annotated[int, typer.Option(
+    "--batch-size", help="Images per batch (per process under torchrun).")]
 
 
 def _runtime(device, workers: int | None, batch_size: int,

@@ -1,11 +1,13 @@
 """The trainer against BYOL written out plainly from its definition (the paper and the official
 implementation): a few whole steps, then every weight, statistic and momentum compared.
 
-The reference below shares nothing with the trainer but the initial weights: its own loss (a
-cosine), its own LARS and EMA loops, its own schedules, and each view through the networks on
-its own. Were the trainer to pair a prediction with the wrong view's target, mix the views'
-BatchNorm statistics, update the target before the optimizer step, use a schedule one step
-off, or decay an excluded tensor, the weights would part.
+The reference below has its own loss (a cosine), its own LARS and EMA loops and its own
+schedules, and passes each view through the networks on its own. It shares with the trainer
+the network definition (`BYOL`) and the batches, and before each step it takes over the
+trainer's weights, statistics and momenta. Were the trainer to pair a prediction with the
+wrong view's target, mix the views' BatchNorm statistics, update the target before the
+optimizer step, use a schedule one step off, or decay an excluded tensor, the weights would
+part.
 """
 
 import math
@@ -56,8 +58,8 @@ def reference_step(model: BYOL, momenta: list[torch.Tensor], view1, view2, *, lr
     grads = torch.autograd.grad(loss, params)
     with torch.no_grad():
         for weight, grad, momentum in zip(params, grads, momenta, strict=True):
-            update = grad
-            if weight.ndim > 1:  # biases and BatchNorm parameters: plain momentum SGD
+            update = grad  # biases and BatchNorm parameters (1-d): plain momentum SGD
+            if weight.ndim > 1:  # weights: weight decay and the trust ratio
                 update = grad + config.weight_decay * weight
                 trust = config.lars_eta * weight.norm() / update.norm()
                 if config.lars_clip:  # the rate lr * trust becomes min(trust, lr)

@@ -1,4 +1,5 @@
-"""Several processes with torchrun, on the CPU with the gloo backend."""
+"""Several processes: torchrun runs on the CPU with the gloo backend, and gloo groups of spawned
+processes for the collectives themselves."""
 
 import json
 import os
@@ -8,7 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
+from byol import distributed
+from byol.eval.linear import LinearSettings, LinearTrainer
 from tests.conftest import REPO, TINY
 
 WORKER = REPO / "tests" / "ddp_worker.py"
@@ -76,3 +81,51 @@ def test_a_checkpoint_written_by_two_processes_resumes_in_one(two_process_run, t
     # The run keeps its length in steps; the global batch is now 1 x 4 images.
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").open()] == [3]
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 3
+
+
+def _in_process_group(rank: int, world_size: int, port: int, work, out: Path) -> None:
+    """Run by torch.multiprocessing.spawn: join a gloo group, save work(rank, world_size)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.save(work(rank, world_size), out / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_processes(world_size: int, port: int, work, out: Path) -> list:
+    out.mkdir(exist_ok=True)
+    mp.spawn(_in_process_group, args=(world_size, port, work, out), nprocs=world_size)
+    return [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(world_size)]
+
+
+WHOLE = torch.arange(7 * 2, dtype=torch.float32).view(7, 2)  # 7 rows: shares of 3, 2 and 2
+
+
+def _gather_shares(rank: int, world_size: int) -> torch.Tensor:
+    return distributed.gather_rows(WHOLE[rank::world_size])
+
+
+def test_rows_dealt_out_to_processes_are_gathered_whole_and_in_order(tmp_path):
+    for gathered in _run_processes(3, 29631, _gather_shares, tmp_path):
+        assert torch.equal(gathered, WHOLE)
+
+
+FEATURES = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
+LABELS = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+
+
+def _linear_steps(rank: int, world_size: int) -> torch.Tensor:
+    """Two classifier steps, each process on its half of every batch."""
+    settings = LinearSettings(epochs=1, batch_size=len(FEATURES) // world_size)
+    trainer = LinearTrainer(5, 3, settings, 2, torch.device("cpu"), processes=world_size)
+    for _ in range(2):
+        trainer.step(FEATURES[rank::world_size], LABELS[rank::world_size])
+    return trainer.classifier.weight.detach()
+
+
+def test_processes_training_the_linear_classifier_take_the_steps_of_one_whole_batch(tmp_path):
+    (one,) = _run_processes(1, 29632, _linear_steps, tmp_path / "one")
+    two = _run_processes(2, 29633, _linear_steps, tmp_path / "two")
+    assert torch.equal(two[0], two[1])
+    torch.testing.assert_close(two[0], one)

@@ -67,27 +67,37 @@ def _setup(checkpoint: Path, data: str, image_size: int | None, device: str,
     if target.type == "cuda" or precision == "bf16":  # as the trainer lays them out
         encoder = encoder.to(memory_format=torch.channels_last)
     encoder.requires_grad_(False)
-    train, val = eval_splits(data)
+    train, val = _splits(data, processes)
     return Setup(encoder, loaded.feature_dim, loaded.step, loaded.config.model.arch, train,
                  val, image_size or loaded.config.image_size, target, precision, processes)
 
 
-def _share(setup: Setup, split: Split, equal: bool = False) -> Split:
-    """This process's share of `split` (see `Split.shard`); all of it in a single process."""
-    processes = setup.processes.world_size
-    if len(split) < processes:
-        raise UserError(f"The {split.name} split holds {len(split)} images, fewer than the "
-                        f"{processes} processes; evaluate it with fewer processes.")
-    return split.shard(setup.processes.rank, processes, equal)
+def _splits(data: str, processes: distributed.Processes) -> tuple[Split, Split]:
+    """The dataset's (train, val). Under torchrun, rank 0 alone lists and checks the files,
+    and every process gets its lists: their shares must be cut from the same ones."""
+    try:
+        splits = eval_splits(data) if processes.is_main else None
+    except UserError as error:
+        splits = error
+    splits = distributed.share_from_main(splits)
+    if isinstance(splits, UserError):
+        raise splits
+    for split in splits:
+        if len(split) < processes.world_size:
+            raise UserError(f"The {split.name} split holds {len(split)} images, fewer than "
+                            f"the {processes.world_size} processes; evaluate it with fewer.")
+    return splits
 
 
 def _features(setup: Setup, split: Split, batch_size: int, workers: int,
               on_progress: Progress | None):
     """(features, labels) of the whole split, each process computing its share."""
-    share = _share(setup, split)
+    processes = setup.processes.world_size
+    share = split.shard(setup.processes.rank, processes)
     loader = LabeledLoader(share, image_size=setup.image_size, batch_size=batch_size,
                            augment=False, seed=0, workers=workers, device=setup.device)
-    task, done = f"{split.name} features", 0
+    task = f"{split.name} features" + (f" (a 1/{processes} share)" if processes > 1 else "")
+    done = 0
     if on_progress is not None:
         on_progress(task, 0, len(share))  # the bar shows from the start
 
@@ -160,7 +170,7 @@ def evaluate_linear(checkpoint: Path, data: str, *, protocol: str = "full",
         classifier = train_on_features(features, labels, num_classes, settings, on_epoch)
     else:
         rank, processes = setup.processes.rank, setup.processes.world_size
-        share = _share(setup, setup.train, equal=True)  # the same steps on every rank
+        share = setup.train.shard(rank, processes, equal=True)  # the same steps on every rank
         batches = LabeledLoader(share, image_size=setup.image_size,
                                 batch_size=settings.batch_size, augment=True,
                                 seed=augmentation_seed(settings.seed, rank), workers=workers,
