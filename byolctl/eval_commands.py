@@ -17,7 +17,7 @@ from byolctl.options import (
     device_and_workers,
     write_json,
 )
-from byolctl.render import console, print_warning
+from byolctl.render import console, print_error, print_warning
 
 eval_app = typer.Typer(help="Evaluate a pretrained encoder: kNN or a linear classifier.",
                        no_args_is_help=True)
@@ -163,6 +163,9 @@ def linear(
         "--lr", help="SGD (Nesterov) base learning rate per 256 images, cosine to 0.")] = 0.1,
     image_size: EvalImageSizeOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the classifier.")] = 0,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an unfinished --protocol full evaluation of the same "
+        "checkpoint, data and settings after its last finished epoch.")] = False,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     workers: WorkersOpt = None,
@@ -175,16 +178,27 @@ def linear(
     """
     from byol.errors import UserError
     from byol.eval.linear import LinearSettings
-    from byol.eval.run import evaluate_linear
+    from byol.eval.run import evaluate_linear, linear_state_file
 
     if epochs < 1 or lr <= 0:
         raise UserError("--epochs must be at least 1 and --lr positive.")
     runtime = _runtime(device, workers, batch_size, image_size)
     settings = LinearSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    result = _run_with_progress(
-        evaluate_linear, checkpoint=checkpoint, data=data, protocol=protocol.value,
-        settings=settings, image_size=image_size, precision=precision and precision.value,
-        **runtime)
+    unfinished = linear_state_file(checkpoint)
+    if protocol == Protocol.full and not resume and unfinished and unfinished.is_file():
+        console.print(f"{unfinished} holds an unfinished evaluation; starting over (--resume "
+                      "would continue it).")
+    try:
+        result = _run_with_progress(
+            evaluate_linear, checkpoint=checkpoint, data=data, protocol=protocol.value,
+            settings=settings, image_size=image_size,
+            precision=precision and precision.value, resume=resume, **runtime)
+    except KeyboardInterrupt:
+        if protocol == Protocol.full and unfinished and unfinished.is_file():
+            print_error(f"Interrupted; {unfinished} keeps the finished epochs, and the same "
+                        "command with --resume continues after them.")
+            raise typer.Exit(1) from None
+        raise
     _report(result, checkpoint, json_file)
 
 

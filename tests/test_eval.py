@@ -1,5 +1,6 @@
 """Evaluation: features, kNN, the linear classifier, export, and the commands end to end."""
 
+import copy
 import json
 import os
 import shutil
@@ -20,7 +21,13 @@ from byol.errors import UserError
 from byol.eval.encoder import backbone_state_dict, load_encoder, torchvision_builder
 from byol.eval.features import extract_features
 from byol.eval.knn import knn_scores, topk_accuracy
-from byol.eval.linear import LinearSettings, classify, train_on_features
+from byol.eval.linear import (
+    LinearSettings,
+    LinearTrainer,
+    classify,
+    train_on_features,
+    train_on_images,
+)
 from byol.models import create_encoder
 from byolctl.cli import app
 from tests.conftest import run_pretraining
@@ -151,6 +158,55 @@ def test_a_linear_classifier_separates_separable_features():
     classifier = train_on_features(features, labels, 5, LinearSettings(epochs=20, batch_size=64))
     accuracy = topk_accuracy(classify(classifier, features), labels)
     assert accuracy["top1"] > 98
+
+
+def test_the_full_protocol_continued_from_its_saved_state_trains_as_if_never_stopped():
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 6, generator=generator), torch.arange(8) % 3) for _ in range(4)]
+    encoder = torch.nn.Linear(6, 6)  # frozen "features" of the "images"
+    settings = LinearSettings(epochs=3, batch_size=8)
+    saved = []
+    straight = train_on_images(encoder, batches, 32, 6, 3, settings,
+                               on_state=lambda state: saved.append(copy.deepcopy(state)))
+    assert [state["epoch"] for state in saved] == [1, 2, 3]
+    continued = train_on_images(encoder, batches, 32, 6, 3, settings, state=saved[0])
+    assert torch.equal(continued.weight, straight.weight)
+    assert torch.equal(continued.bias, straight.bias)
+
+
+def test_an_interrupted_full_evaluation_resumes_after_its_last_finished_epoch(
+        checkpoint, cifar_eval_folder, tmp_path):
+    state_file = checkpoint.parent / "linear-eval.pt"
+    command = ["eval", "linear", "--checkpoint", str(checkpoint), "--data",
+               str(cifar_eval_folder), "--epochs", "3", "--batch-size", "8", "--workers", "1",
+               "--device", "cpu"]
+    step = LinearTrainer.step
+    calls = 0
+
+    def interrupted_in_the_second_epoch(self, features, labels):
+        nonlocal calls
+        calls += 1
+        if calls == 6:  # 4 steps an epoch (30 images, batch 8)
+            raise KeyboardInterrupt
+        return step(self, features, labels)
+
+    with mock.patch.object(LinearTrainer, "step", interrupted_in_the_second_epoch):
+        stopped = runner.invoke(app, command)
+    assert stopped.exit_code == 1 and "--resume continues" in stopped.output
+    assert torch.load(state_file, weights_only=True)["epoch"] == 1
+
+    other = runner.invoke(app, [*command, "--lr", "0.2", "--resume"])
+    assert other.exit_code == 2 and "had another lr" in " ".join(other.output.split())
+    assert state_file.is_file()
+    json_file = tmp_path / "resumed.json"
+    resumed = runner.invoke(app, [*command, "--resume", "--json", str(json_file)])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(json_file.read_text())["resumed_from_epoch"] == 1
+    assert not state_file.exists()  # finished: nothing left to resume
+    again = runner.invoke(app, [*command, "--resume"])
+    assert again.exit_code == 2 and "Nothing to resume" in again.output
+    cached = runner.invoke(app, [*command, "--protocol", "cached", "--resume"])
+    assert cached.exit_code == 2 and "--protocol full" in cached.output
 
 
 # ----------------------------------------------------------------------------- export

@@ -11,6 +11,7 @@ to 0 over all steps, as in the official BYOL evaluation. Two protocols:
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,17 @@ class LinearTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
 
+    def state_dict(self) -> dict[str, Any]:
+        """The classifier, its momenta and its place on the lr schedule."""
+        return {"classifier": self.classifier.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.classifier.load_state_dict(state["classifier"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
     def step(self, features: Tensor, labels: Tensor) -> Tensor:
         """One SGD step on a batch of features (B, D); returns the loss (a device tensor)."""
         loss = F.cross_entropy(self.model(features.float()), labels)
@@ -87,19 +99,28 @@ def train_on_images(encoder: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]
                     num_images: int, feature_dim: int, num_classes: int,
                     settings: LinearSettings, precision: str = "fp32",
                     on_epoch: Callable[[int], None] | None = None,
-                    processes: int = 1) -> nn.Linear:
+                    processes: int = 1, state: dict[str, Any] | None = None,
+                    on_state: Callable[[dict[str, Any]], None] | None = None) -> nn.Linear:
     """The full protocol: each epoch iterates `batches` (augmented images, labels) through the
     frozen encoder, in `precision`, and trains the classifier on the features. Under torchrun,
-    `processes` of them train together, each on `num_images` of its own."""
+    `processes` of them train together, each on `num_images` of its own.
+
+    After every epoch `on_state` gets the training's state ({"epoch", "trainer"}; its tensors
+    are the live ones, to be saved or copied at once); given as `state`, it continues the
+    training after that epoch."""
     encoder.eval()
     device = next(encoder.parameters()).device
     trainer = LinearTrainer(feature_dim, num_classes, settings,
                             math.ceil(num_images / settings.batch_size), device, processes)
-    for epoch in range(settings.epochs):
+    if state is not None:
+        trainer.load_state_dict(state["trainer"])
+    for epoch in range(state["epoch"] if state else 0, settings.epochs):
         for images, labels in batches:
             with torch.no_grad(), autocast_for(device, precision):
                 features = encoder(images)
             trainer.step(features, labels)
+        if on_state is not None:
+            on_state({"epoch": epoch + 1, "trainer": trainer.state_dict()})
         if on_epoch is not None:
             on_epoch(epoch + 1)
     return trainer.classifier

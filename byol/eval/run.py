@@ -13,6 +13,7 @@ classifier trains on every process at once, gradients averaged (DDP).
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from byol import distributed
-from byol.checkpoint import checkpoint_file
+from byol.checkpoint import atomic_save, checkpoint_file
 from byol.data.dali import augmentation_seed
 from byol.data.labeled import LabeledLoader, Split, eval_splits
 from byol.errors import UserError
@@ -31,9 +32,11 @@ from byol.eval.encoder import load_encoder
 from byol.eval.features import extract_features
 from byol.eval.knn import knn_scores, topk_accuracy
 from byol.eval.linear import LinearSettings, classify, train_on_features, train_on_images
-from byol.pretrain import runtime_defaults
+from byol.pretrain import checkpoint_run_dir, holds_run, runtime_defaults
 
 EVALUATIONS_FILE = "evaluations.jsonl"
+# The state of an unfinished `eval linear --protocol full`, rewritten after every epoch.
+LINEAR_STATE_FILE = "linear-eval.pt"
 PROTOCOLS = ("full", "cached")
 
 # on_progress(task, completed, total): a task's progress, e.g. ("train features", 512, 50000).
@@ -146,14 +149,55 @@ def evaluate_knn(checkpoint: Path, data: str, *, k: int = 200, temperature: floa
                    topk_accuracy(scores, val_labels), started)
 
 
+def linear_state_file(checkpoint: Path) -> Path | None:
+    """Where the full protocol keeps its state between epochs: in the checkpoint's run folder,
+    if it is in one that can be written."""
+    run_dir = checkpoint_run_dir(checkpoint)
+    if not holds_run(run_dir) or not os.access(run_dir, os.W_OK):
+        return None
+    return run_dir / LINEAR_STATE_FILE
+
+
+def _unfinished_state(state_file: Path | None, identity: dict[str, Any],
+                      device: torch.device) -> dict[str, Any]:
+    """The saved state of an unfinished evaluation with this `identity`; UserError if there
+    is none."""
+    if state_file is None:
+        raise UserError("--resume needs the checkpoint in its run folder (one that can be "
+                        "written), where eval linear keeps an unfinished evaluation.")
+    if not state_file.is_file():
+        raise UserError(f"Nothing to resume: no {state_file} (eval linear --protocol full "
+                        "writes it after every epoch and removes it when done); leave out "
+                        "--resume.")
+    try:
+        state = torch.load(state_file, map_location=device, weights_only=True)
+        saved = state["identity"]
+    except Exception as error:
+        raise UserError(f"{state_file} cannot be read ({type(error).__name__}); leave out "
+                        "--resume to start over.") from error
+    differs = [key for key, value in identity.items() if saved.get(key) != value]
+    if differs:
+        raise UserError(f"The unfinished evaluation in {state_file} had another "
+                        f"{', '.join(differs)}; give the same to resume it, or leave out "
+                        "--resume to start over.")
+    return state
+
+
 def evaluate_linear(checkpoint: Path, data: str, *, protocol: str = "full",
                     settings: LinearSettings | None = None, image_size: int | None = None,
                     device: str = "cpu", precision: str | None = None, workers: int = 4,
+                    resume: bool = False,
                     on_progress: Progress | None = None) -> dict[str, Any]:
     """Top-1/top-5 (%) on the val split of a linear classifier trained on frozen features,
-    computed in `precision` (as `evaluate_knn`)."""
+    computed in `precision` (as `evaluate_knn`).
+
+    The full protocol saves its state after every epoch (see `linear_state_file`); `resume`
+    continues an unfinished evaluation of the same checkpoint, data and settings from it."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}")
+    if resume and protocol != "full":
+        raise UserError("--resume continues --protocol full, which saves its state after "
+                        "every epoch; the cached protocol starts over.")
     settings = settings or LinearSettings()
     started = time.perf_counter()
     setup = _setup(checkpoint, data, image_size, device, precision)
@@ -163,27 +207,54 @@ def evaluate_linear(checkpoint: Path, data: str, *, protocol: str = "full",
         if on_progress is not None:
             on_progress("linear classifier epochs", epoch, settings.epochs)
 
+    recorded = {"protocol": protocol, **dataclasses.asdict(settings)}
+    state_file = None
     if protocol == "cached":
         features, labels = _features(setup, setup.train, settings.batch_size, workers,
                                      on_progress)
         on_epoch(0)  # each bar shows from its task's start
         classifier = train_on_features(features, labels, num_classes, settings, on_epoch)
     else:
-        rank, processes = setup.processes.rank, setup.processes.world_size
-        share = setup.train.shard(rank, processes, equal=True)  # the same steps on every rank
-        batches = LabeledLoader(share, image_size=setup.image_size,
-                                batch_size=settings.batch_size, augment=True,
-                                seed=augmentation_seed(settings.seed, rank), workers=workers,
-                                device=setup.device)
-        on_epoch(0)
-        classifier = train_on_images(setup.encoder, batches, len(share), setup.feature_dim,
-                                     num_classes, settings, setup.precision, on_epoch,
-                                     processes=processes)
+        state_file = linear_state_file(checkpoint)
+        data_path = data if data == "demo" else str(Path(data).resolve())
+        identity = {"checkpoint": str(checkpoint_file(checkpoint).resolve()),
+                    "step": setup.step, "data": data_path, "image_size": setup.image_size,
+                    "precision": setup.precision, "processes": setup.processes.world_size,
+                    **dataclasses.asdict(settings)}
+        state = _unfinished_state(state_file, identity, setup.device) if resume else None
+        if state:
+            recorded["resumed_from_epoch"] = state["epoch"]
+
+        def keep(progress: dict[str, Any]) -> None:
+            if state_file is not None and setup.processes.is_main:
+                atomic_save({"identity": identity, **progress}, state_file)
+
+        classifier = _train_on_images(setup, settings, workers, state, keep, on_epoch)
     val_features, val_labels = _features(setup, setup.val, settings.batch_size, workers,
                                          on_progress)
     accuracy = topk_accuracy(classify(classifier, val_features), val_labels)
-    return _result("linear", checkpoint, data, setup,
-                   {"protocol": protocol, **dataclasses.asdict(settings)}, accuracy, started)
+    if state_file is not None and setup.processes.is_main:
+        state_file.unlink(missing_ok=True)  # finished: nothing left to resume
+    return _result("linear", checkpoint, data, setup, recorded, accuracy, started)
+
+
+def _train_on_images(setup: Setup, settings: LinearSettings, workers: int,
+                     state: dict[str, Any] | None, keep: Callable[[dict[str, Any]], None],
+                     on_epoch: Callable[[int], None]) -> nn.Linear:
+    """The full protocol's classifier, from `state` (an unfinished evaluation's) if given,
+    handing its state to `keep` after every epoch."""
+    rank, processes = setup.processes.rank, setup.processes.world_size
+    share = setup.train.shard(rank, processes, equal=True)  # the same steps on every rank
+    start = state["epoch"] if state else 0
+    # Resumed epochs draw other crops than the first epochs did.
+    batches = LabeledLoader(share, image_size=setup.image_size,
+                            batch_size=settings.batch_size, augment=True,
+                            seed=augmentation_seed(settings.seed + start, rank),
+                            workers=workers, device=setup.device)
+    on_epoch(start)
+    return train_on_images(setup.encoder, batches, len(share), setup.feature_dim,
+                           len(setup.train.classes), settings, setup.precision, on_epoch,
+                           processes=processes, state=state, on_state=keep)
 
 
 def record_result(result: dict[str, Any], run_dir: Path) -> Path:
