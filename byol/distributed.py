@@ -10,11 +10,14 @@ waits on the GPU.
 """
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from byol.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,19 @@ def share_from_main(value: Any) -> Any:
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def decided_by_main(decide: Callable[[], Any]) -> Any:
+    """What `decide()` returns on rank 0, on every rank; where it raises a UserError there,
+    every rank raises it, so that all stop with rank 0's one-line message."""
+    try:
+        outcome = decide() if current().is_main else None
+    except UserError as error:
+        outcome = error
+    outcome = share_from_main(outcome)
+    if isinstance(outcome, UserError):
+        raise outcome
+    return outcome
 
 
 def gather_objects(value: Any) -> list[Any]:

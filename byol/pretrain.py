@@ -127,17 +127,11 @@ def prepare_run(preset: str | None, overrides: dict[str, Any], out: Path | None,
     Under torchrun, rank 0 decides where the run lives and every rank follows.
     """
     device = {**runtime_defaults(overrides), **overrides}["device"]
-    processes = distributed.setup(device)
-    try:
-        plan = _plan(preset, overrides, out, resume) if processes.is_main else None
-    except UserError as error:
-        plan = error
-    plan = distributed.share_from_main(plan)
-    if isinstance(plan, UserError):
-        raise plan
-    kind, path, out = plan
+    distributed.setup(device)
+    kind, path, resume_out = distributed.decided_by_main(
+        lambda: _plan(preset, overrides, out, resume))
     if kind == "resume":
-        return _resume(path, preset, overrides, out)
+        return _resume(path, preset, overrides, resume_out)
     config = resolve_config(preset, {**runtime_defaults(overrides), **overrides})
     trainer = Trainer(config, path)
     _start_run_dir(trainer)

@@ -78,13 +78,7 @@ def _setup(checkpoint: Path, data: str, image_size: int | None, device: str,
 def _splits(data: str, processes: distributed.Processes) -> tuple[Split, Split]:
     """The dataset's (train, val). Under torchrun, rank 0 alone lists and checks the files,
     and every process gets its lists: their shares must be cut from the same ones."""
-    try:
-        splits = eval_splits(data) if processes.is_main else None
-    except UserError as error:
-        splits = error
-    splits = distributed.share_from_main(splits)
-    if isinstance(splits, UserError):
-        raise splits
+    splits = distributed.decided_by_main(lambda: eval_splits(data))
     for split in splits:
         if len(split) < processes.world_size:
             raise UserError(f"The {split.name} split holds {len(split)} images, fewer than "
