@@ -54,6 +54,15 @@ def setup(device_type: str) -> Processes:
     return processes
 
 
+def leave() -> None:
+    """Leave the process group, if this process joined one. NCCL wants its communicators
+    released before the process exits, and every rank must do so, or the others wait."""
+    global _control_group
+    if dist.is_initialized():
+        dist.destroy_process_group()
+        _control_group = None
+
+
 def current() -> Processes:
     """This process's place, from an initialized process group (a single process otherwise)."""
     if not dist.is_initialized():
@@ -93,23 +102,31 @@ def gather_objects(value: Any) -> list[Any]:
     return values
 
 
-def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+def gather_rows(tensor: torch.Tensor, rows_per_step: int = 16384) -> torch.Tensor:
     """The whole of a tensor whose rows are dealt out to the ranks as rows r, r + S, r + 2S, ...
-    of S ranks (see `byol.data.labeled.Split.shard`), on every rank, rows back in their order."""
+    of S ranks (see `byol.data.labeled.Split.shard`), on every rank, rows back in their order.
+
+    It moves `rows_per_step` rows of each share at a time, so that beside the result it needs
+    S x that many rows, not a second copy of the whole (ImageNet's features are 10 GB).
+    """
     if not dist.is_initialized():
         return tensor
     world = dist.get_world_size()
     counts = [torch.zeros(1, dtype=torch.int64, device=tensor.device) for _ in range(world)]
     dist.all_gather(counts, torch.tensor([len(tensor)], device=tensor.device))
     counts = [int(c) for c in counts]
-    # all_gather moves tensors of one shape: each rank pads its rows to the longest share.
-    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
-    padded[:len(tensor)] = tensor
-    shares = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(shares, padded)
     whole = tensor.new_empty((sum(counts), *tensor.shape[1:]))
-    for rank, (share, count) in enumerate(zip(shares, counts)):
-        whole[rank::world] = share[:count]
+    for start in range(0, max(counts), rows_per_step):
+        stop = min(start + rows_per_step, max(counts))
+        # all_gather moves tensors of one shape: each rank pads its piece to the longest's.
+        piece = tensor.new_zeros((stop - start, *tensor.shape[1:]))
+        piece[:max(0, min(len(tensor), stop) - start)] = tensor[start:stop]
+        pieces = [torch.empty_like(piece) for _ in range(world)]
+        dist.all_gather(pieces, piece)
+        for rank, (received, count) in enumerate(zip(pieces, counts)):
+            rows = max(0, min(count, stop) - start)
+            # Row i of rank r's share is row r + i * S of the whole.
+            whole[rank + start * world::world][:rows] = received[:rows]
     return whole
 
 

@@ -13,11 +13,15 @@ show_tracebacks = False
 
 
 def exits_cleanly(command):
-    """Turn errors into one line and an exit status: 2 for bad input, 1 for anything else."""
+    """Turn errors into one line and an exit status: 2 for bad input, 1 for anything else.
+
+    A command that finishes leaves its torchrun process group, as every rank does then. One
+    that fails does not: other ranks may wait in a collective, and leaving could hang; the
+    process exits, and torchrun stops the rest."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
         except typer.Exit:
             raise
         except UserError as error:
@@ -40,6 +44,10 @@ def exits_cleanly(command):
             first_line = (str(error).strip().splitlines() or [""])[0]
             print_error(f"{first_line} ({type(error).__name__}; rerun with --debug for details)")
             raise typer.Exit(1)
+        from byol import distributed  # loaded by then: every command runs on torch
+
+        distributed.leave()
+        return result
 
     return wrapper
 

@@ -11,9 +11,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import typer
 
 from byol import distributed
+from byol.errors import UserError
 from byol.eval.linear import LinearSettings, LinearTrainer
+from byolctl.errors import exits_cleanly
 from tests.conftest import REPO, TINY
 
 WORKER = REPO / "tests" / "ddp_worker.py"
@@ -102,13 +105,16 @@ def _run_processes(world_size: int, port: int, work, out: Path) -> list:
 WHOLE = torch.arange(7 * 2, dtype=torch.float32).view(7, 2)  # 7 rows: shares of 3, 2 and 2
 
 
-def _gather_shares(rank: int, world_size: int) -> torch.Tensor:
-    return distributed.gather_rows(WHOLE[rank::world_size])
+def _gather_shares(rank: int, world_size: int) -> list[torch.Tensor]:
+    """The shares gathered at once, and two rows of each at a time."""
+    share = WHOLE[rank::world_size]
+    return [distributed.gather_rows(share), distributed.gather_rows(share, rows_per_step=2)]
 
 
 def test_rows_dealt_out_to_processes_are_gathered_whole_and_in_order(tmp_path):
-    for gathered in _run_processes(3, 29631, _gather_shares, tmp_path):
-        assert torch.equal(gathered, WHOLE)
+    for at_once, piece_by_piece in _run_processes(3, 29631, _gather_shares, tmp_path):
+        assert torch.equal(at_once, WHOLE)
+        assert torch.equal(piece_by_piece, WHOLE)
 
 
 FEATURES = torch.randn(8, 5, generator=torch.Generator().manual_seed(0))
@@ -129,3 +135,25 @@ def test_processes_training_the_linear_classifier_take_the_steps_of_one_whole_ba
     two = _run_processes(2, 29633, _linear_steps, tmp_path / "two")
     assert torch.equal(two[0], two[1])
     torch.testing.assert_close(two[0], one)
+
+
+def _join_alone(store: Path) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+
+
+def _refuse() -> None:
+    raise UserError("Refused.")
+
+
+def test_a_command_leaves_its_process_group_when_it_finishes_but_not_when_it_fails(tmp_path):
+    _join_alone(tmp_path / "finishes")
+    exits_cleanly(lambda: None)()
+    assert not dist.is_initialized()
+    _join_alone(tmp_path / "fails")
+    try:
+        with pytest.raises(typer.Exit):
+            exits_cleanly(_refuse)()
+        assert dist.is_initialized()  # other ranks may still wait on it
+    finally:
+        distributed.leave()
+    assert not dist.is_initialized()
