@@ -45,21 +45,19 @@ Progress = Callable[[str, int, int], None]
 
 @dataclasses.dataclass
 class Setup:
-    """A frozen encoder on its device, and the data to evaluate it on."""
+    """A frozen encoder on its device, and how to run it."""
 
     encoder: nn.Module
     feature_dim: int
     step: int
     arch: str
-    train: Split
-    val: Split
     image_size: int
     device: torch.device
     precision: str
     processes: distributed.Processes
 
 
-def _setup(checkpoint: Path, data: str, image_size: int | None, device: str,
+def _setup(checkpoint: Path, image_size: int | None, device: str,
            precision: str | None) -> Setup:
     processes = distributed.setup(device)
     loaded = load_encoder(checkpoint)
@@ -70,9 +68,8 @@ def _setup(checkpoint: Path, data: str, image_size: int | None, device: str,
     if target.type == "cuda" or precision == "bf16":  # as the trainer lays them out
         encoder = encoder.to(memory_format=torch.channels_last)
     encoder.requires_grad_(False)
-    train, val = _splits(data, processes)
-    return Setup(encoder, loaded.feature_dim, loaded.step, loaded.config.model.arch, train,
-                 val, image_size or loaded.config.image_size, target, precision, processes)
+    return Setup(encoder, loaded.feature_dim, loaded.step, loaded.config.model.arch,
+                 image_size or loaded.config.image_size, target, precision, processes)
 
 
 def _splits(data: str, processes: distributed.Processes) -> tuple[Split, Split]:
@@ -108,16 +105,16 @@ def _features(setup: Setup, split: Split, batch_size: int, workers: int,
     return distributed.gather_rows(features), distributed.gather_rows(labels)
 
 
-def _result(kind: str, checkpoint: Path, data: str, setup: Setup, settings: dict,
-            accuracy: dict[str, float], started: float) -> dict[str, Any]:
-    skipped = len(setup.train.skipped or []) + len(setup.val.skipped or [])
+def _result(kind: str, checkpoint: Path, data: str, setup: Setup, train: Split, val: Split,
+            settings: dict, accuracy: dict[str, float], started: float) -> dict[str, Any]:
+    skipped = len(train.skipped or []) + len(val.skipped or [])
     return {
         "evaluation": kind, **accuracy,
         "checkpoint": str(checkpoint_file(checkpoint).resolve()), "step": setup.step,
         "arch": setup.arch,
-        "data": data, "classes": len(setup.train.classes),
-        "train_images": len(setup.train), "val_images": len(setup.val),
-        "val_split": setup.val.name, "skipped_images": skipped,
+        "data": data, "classes": len(train.classes),
+        "train_images": len(train), "val_images": len(val),
+        "val_split": val.name, "skipped_images": skipped,
         "image_size": setup.image_size, "device": str(setup.device),
         "processes": setup.processes.world_size, "precision": setup.precision, **settings,
         "seconds": round(time.perf_counter() - started, 2),
@@ -132,15 +129,16 @@ def evaluate_knn(checkpoint: Path, data: str, *, k: int = 200, temperature: floa
     """Weighted kNN top-1/top-5 (%) of the val split against the train split's features.
     `precision` (bf16 or fp32) defaults to bf16 on a GPU and fp32 on the CPU."""
     started = time.perf_counter()
-    setup = _setup(checkpoint, data, image_size, device, precision)
-    train_features, train_labels = _features(setup, setup.train, batch_size, workers,
-                                             on_progress)
-    val_features, val_labels = _features(setup, setup.val, batch_size, workers, on_progress)
-    k = min(k, len(setup.train))  # what votes (and is recorded) with fewer training images
-    scores = knn_scores(train_features, train_labels, val_features, len(setup.train.classes),
+    setup = _setup(checkpoint, image_size, device, precision)
+    train, val = _splits(data, setup.processes)
+    train_features, train_labels = _features(setup, train, batch_size, workers, on_progress)
+    val_features, val_labels = _features(setup, val, batch_size, workers, on_progress)
+    k = min(k, len(train))  # what votes (and is recorded) with fewer training images
+    scores = knn_scores(train_features, train_labels, val_features, len(train.classes),
                         k=k, temperature=temperature)
-    return _result("knn", checkpoint, data, setup, {"k": k, "temperature": temperature},
-                   topk_accuracy(scores, val_labels), started)
+    return _result("knn", checkpoint, data, setup, train, val,
+                   {"k": k, "temperature": temperature}, topk_accuracy(scores, val_labels),
+                   started)
 
 
 def linear_state_file(checkpoint: Path) -> Path | None:
@@ -194,51 +192,50 @@ def evaluate_linear(checkpoint: Path, data: str, *, protocol: str = "full",
                         "every epoch; the cached protocol starts over.")
     settings = settings or LinearSettings()
     started = time.perf_counter()
-    setup = _setup(checkpoint, data, image_size, device, precision)
-    num_classes = len(setup.train.classes)
+    setup = _setup(checkpoint, image_size, device, precision)
+    recorded = {"protocol": protocol, **dataclasses.asdict(settings)}
+    state_file = linear_state_file(checkpoint) if protocol == "full" else None
+    data_path = data if data == "demo" else str(Path(data).resolve())
+    identity = {"checkpoint": str(checkpoint_file(checkpoint).resolve()),
+                "step": setup.step, "data": data_path, "image_size": setup.image_size,
+                "precision": setup.precision, "processes": setup.processes.world_size,
+                **dataclasses.asdict(settings)}
+    # Checked before the files are listed, which takes minutes for ImageNet.
+    state = _unfinished_state(state_file, identity, setup.device) if resume else None
+    if state:
+        recorded["resumed_from_epoch"] = state["epoch"]
+    train, val = _splits(data, setup.processes)
 
     def on_epoch(epoch: int) -> None:
         if on_progress is not None:
             on_progress("linear classifier epochs", epoch, settings.epochs)
 
-    recorded = {"protocol": protocol, **dataclasses.asdict(settings)}
-    state_file = None
     if protocol == "cached":
-        features, labels = _features(setup, setup.train, settings.batch_size, workers,
-                                     on_progress)
+        features, labels = _features(setup, train, settings.batch_size, workers, on_progress)
         on_epoch(0)  # each bar shows from its task's start
-        classifier = train_on_features(features, labels, num_classes, settings, on_epoch)
+        classifier = train_on_features(features, labels, len(train.classes), settings,
+                                       on_epoch)
     else:
-        state_file = linear_state_file(checkpoint)
-        data_path = data if data == "demo" else str(Path(data).resolve())
-        identity = {"checkpoint": str(checkpoint_file(checkpoint).resolve()),
-                    "step": setup.step, "data": data_path, "image_size": setup.image_size,
-                    "precision": setup.precision, "processes": setup.processes.world_size,
-                    **dataclasses.asdict(settings)}
-        state = _unfinished_state(state_file, identity, setup.device) if resume else None
-        if state:
-            recorded["resumed_from_epoch"] = state["epoch"]
-
         def keep(progress: dict[str, Any]) -> None:
             if state_file is not None and setup.processes.is_main:
                 atomic_save({"identity": identity, **progress}, state_file)
 
-        classifier = _train_on_images(setup, settings, workers, state, keep, on_epoch)
-    val_features, val_labels = _features(setup, setup.val, settings.batch_size, workers,
+        classifier = _train_on_images(setup, train, settings, workers, state, keep, on_epoch)
+    val_features, val_labels = _features(setup, val, settings.batch_size, workers,
                                          on_progress)
     accuracy = topk_accuracy(classify(classifier, val_features), val_labels)
     if state_file is not None and setup.processes.is_main:
         state_file.unlink(missing_ok=True)  # finished: nothing left to resume
-    return _result("linear", checkpoint, data, setup, recorded, accuracy, started)
+    return _result("linear", checkpoint, data, setup, train, val, recorded, accuracy, started)
 
 
-def _train_on_images(setup: Setup, settings: LinearSettings, workers: int,
+def _train_on_images(setup: Setup, train: Split, settings: LinearSettings, workers: int,
                      state: dict[str, Any] | None, keep: Callable[[dict[str, Any]], None],
                      on_epoch: Callable[[int], None]) -> nn.Linear:
     """The full protocol's classifier, from `state` (an unfinished evaluation's) if given,
     handing its state to `keep` after every epoch."""
     rank, processes = setup.processes.rank, setup.processes.world_size
-    share = setup.train.shard(rank, processes, equal=True)  # the same steps on every rank
+    share = train.shard(rank, processes, equal=True)  # the same steps on every rank
     start = state["epoch"] if state else 0
     # Resumed epochs draw other crops than the first epochs did.
     batches = LabeledLoader(share, image_size=setup.image_size,
@@ -247,7 +244,7 @@ def _train_on_images(setup: Setup, settings: LinearSettings, workers: int,
                             workers=workers, device=setup.device)
     on_epoch(start)
     return train_on_images(setup.encoder, batches, len(share), setup.feature_dim,
-                           len(setup.train.classes), settings, setup.precision, on_epoch,
+                           len(train.classes), settings, setup.precision, on_epoch,
                            processes=processes, state=state, on_state=keep)
 
 
