@@ -9,6 +9,7 @@ LARS -> EMA of the target. The schedules are precomputed arrays indexed by the s
 """
 
 import contextlib
+import inspect
 import signal
 import threading
 import time
@@ -37,6 +38,11 @@ from byol.schedules import learning_rates, target_ema_rates
 # Metrics are gathered on the device and read back at most this often: one host sync a second
 # costs nothing measurable, one per step stalls the GPU queue.
 FLUSH_SECONDS = 1.0
+# DDP's option to sync buffers before each forward; recent PyTorch renamed it and warns on
+# the old name (whose False also skips the sync at the start, which SyncBN makes moot).
+SYNC_BUFFERS = ("forward_sync_buffers"
+                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                else "broadcast_buffers")
 
 
 @dataclass
@@ -113,10 +119,11 @@ class Trainer:
             # flat buffer and the fused LARS still covers them in two launches. The price is
             # two copies per gradient (about 8 bytes per parameter); bucket views instead would
             # leave the gradients scattered over DDP's buckets, in DDP's order.
+            # Rank 0's BatchNorm statistics go to all before each forward on the CPU, which
+            # has no SyncBatchNorm; on GPUs SyncBN keeps them equal.
             online = DistributedDataParallel(
                 online, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                gradient_as_bucket_view=False,
-                broadcast_buffers=self.device.type != "cuda")  # SyncBN keeps them equal
+                gradient_as_bucket_view=False, **{SYNC_BUFFERS: self.device.type != "cuda"})
         compile_fn = torch.compile if config.compile else (lambda module: module)
         self.online_forward = compile_fn(online)
         self.target_forward = compile_fn(self.model.target)

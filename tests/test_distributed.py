@@ -48,7 +48,8 @@ def _losses(out: Path) -> list[float]:
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp") / "run"
-    _torchrun(2, out, {**SETTINGS, "batch_size": 4})
+    result = _torchrun(2, out, {**SETTINGS, "batch_size": 4})
+    (out / "stderr.txt").write_text(result.stderr)
     return out
 
 
@@ -61,6 +62,11 @@ def test_two_processes_train_with_identical_parameters_on_every_rank(two_process
     # Rank 0 alone logs: one record per step.
     assert [json.loads(line)["step"] for line in (two_process_run / "metrics.jsonl").open()] \
         == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_two_processes_use_no_option_their_pytorch_warns_about(two_process_run):
+    assert "Warning" not in (two_process_run / "stderr.txt").read_text()
 
 
 @pytest.mark.slow
