@@ -115,9 +115,9 @@ def gather_rows(tensor: torch.Tensor, rows_per_step: int = 16384) -> torch.Tenso
     counts = [torch.zeros(1, dtype=torch.int64, device=tensor.device) for _ in range(world)]
     dist.all_gather(counts, torch.tensor([len(tensor)], device=tensor.device))
     counts = [int(c) for c in counts]
-    whole = tensor.new_empty((sum(counts), *tensor.shape[1:]))
-    for start in range(0, max(counts), rows_per_step):
-        stop = min(start + rows_per_step, max(counts))
+    whole, longest = tensor.new_empty((sum(counts), *tensor.shape[1:])), max(counts)
+    for start in range(0, longest, rows_per_step):
+        stop = min(start + rows_per_step, longest)
         # all_gather moves tensors of one shape: each rank pads its piece to the longest's.
         piece = tensor.new_zeros((stop - start, *tensor.shape[1:]))
         piece[:max(0, min(len(tensor), stop) - start)] = tensor[start:stop]

@@ -194,16 +194,18 @@ def evaluate_linear(checkpoint: Path, data: str, *, protocol: str = "full",
     started = time.perf_counter()
     setup = _setup(checkpoint, image_size, device, precision)
     recorded = {"protocol": protocol, **dataclasses.asdict(settings)}
-    state_file = linear_state_file(checkpoint) if protocol == "full" else None
-    data_path = data if data == "demo" else str(Path(data).resolve())
-    identity = {"checkpoint": str(checkpoint_file(checkpoint).resolve()),
-                "step": setup.step, "data": data_path, "image_size": setup.image_size,
-                "precision": setup.precision, "processes": setup.processes.world_size,
-                **dataclasses.asdict(settings)}
-    # Checked before the files are listed, which takes minutes for ImageNet.
-    state = _unfinished_state(state_file, identity, setup.device) if resume else None
-    if state:
-        recorded["resumed_from_epoch"] = state["epoch"]
+    state_file, state = None, None
+    if protocol == "full":
+        state_file = linear_state_file(checkpoint)
+        data_path = data if data == "demo" else str(Path(data).resolve())
+        identity = {"checkpoint": str(checkpoint_file(checkpoint).resolve()),
+                    "step": setup.step, "data": data_path, "image_size": setup.image_size,
+                    "precision": setup.precision, "processes": setup.processes.world_size,
+                    **dataclasses.asdict(settings)}
+        # Checked before the files are listed, which takes minutes for ImageNet.
+        state = _unfinished_state(state_file, identity, setup.device) if resume else None
+        if state:
+            recorded["resumed_from_epoch"] = state["epoch"]
     train, val = _splits(data, setup.processes)
 
     def on_epoch(epoch: int) -> None:
