@@ -4,23 +4,26 @@ foreach and fused Triton kernels, side by side, against the measured copy bandwi
     python benchmarks/bench_kernels.py                     # ResNet-50 sizes, on the GPU
     python benchmarks/bench_kernels.py --device cpu --arch resnet18 --loss-batch 512
 
-Every implementation is first checked against `kernels.reference`, then timed
-(`triton.testing.do_bench` on the GPU; the median of a few calls on the CPU); see
-`byol.profiling.ops` for the bytes each operation counts. The fused kernels need a GPU; on
-the CPU they are skipped. Results go to benchmarks/results/ with the targets (see README).
+Every implementation is first checked against `kernels.reference` on these sizes, with the
+kernel tests' tolerances (checks.py), then timed (`triton.testing.do_bench` on the GPU; the
+median of a few calls on the CPU); see `byol.profiling.ops` for the bytes each operation counts.
+The fused kernels need a GPU; on the CPU they are skipped. The result, with the verdicts of the
+kernel targets (targets.py), goes to benchmarks/results/.
 """
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from checks import check_implementations  # noqa: E402
 from common import environment, save_result  # noqa: E402
+from targets import describe, verdicts  # noqa: E402
 
-from byol.profiling.ops import byol_shapes, profile_ops, rows_as_dicts  # noqa: E402
-from byol.profiling.run import targets  # noqa: E402
+from byol.profiling.ops import byol_shapes, implementations, rows_as_dicts, time_ops  # noqa: E402
 
 
 def main() -> None:
@@ -36,9 +39,11 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     shapes = byol_shapes(args.arch)
-    copy_gb_per_s, rows = profile_ops(shapes, (args.loss_batch, args.loss_dim),
-                                      getattr(torch, args.loss_dtype), device,
-                                      fused=device.type == "cuda", compiled=args.compile)
+    loss_shape, loss_dtype = (args.loss_batch, args.loss_dim), getattr(torch, args.loss_dtype)
+    impls = implementations(shapes[0], device, fused=device.type == "cuda",
+                            compiled=args.compile)
+    check_implementations(impls, shapes, loss_shape, loss_dtype, device)
+    copy_gb_per_s, rows = time_ops(impls, shapes, loss_shape, loss_dtype, device)
     result = {
         "benchmark": "kernels",
         **environment(device),
@@ -48,13 +53,14 @@ def main() -> None:
         "copy_gb_per_s": copy_gb_per_s,
         "ops": rows_as_dicts(rows),
     }
-    result["targets"] = targets({**result, "steps": [], "settings": {}})
+    found = verdicts(result)
+    result["verdicts"] = [dataclasses.asdict(verdict) for verdict in found]
     print(f"{device} copy bandwidth: {copy_gb_per_s:.0f} GB/s")
     for row in rows:
         print(f"{row.op:>5} {row.impl:>17}: {row.median_ms:9.3f} ms {row.gb_per_s:8.1f} GB/s "
               f"{100 * row.share_of_copy:5.1f}% of copy {row.speedup:6.2f}x")
-    for name, verdict in result["targets"].items():
-        print(f"{name}: {'met' if verdict['met'] else 'NOT met'} {verdict}")
+    for verdict in found:
+        print(describe(verdict))
     print(f"saved {save_result(f'kernels-{args.arch}-{device.type}', result)}")
 
 

@@ -126,10 +126,5 @@ def _print(result: dict[str, Any]) -> None:
     if result["data_images_per_s"] is not None:
         console.print(f"Data pipeline on {settings['data']}: "
                       f"{result['data_images_per_s']:.0f} images/s (two views each).")
-    for name, verdict in result["targets"].items():
-        mark = "[green]met[/]" if verdict["met"] else "[red]not met[/]"
-        details = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
-                            for k, v in verdict.items() if k != "met" and v is not None)
-        console.print(f"Target {name}: {mark} {details}")
     for line in result["not_measured"]:
         console.print(f"Not measured: {line}")

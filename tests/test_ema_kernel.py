@@ -4,22 +4,23 @@ import pytest
 import torch
 
 from kernels import ema, reference
+from kernels.tolerances import TOLERANCES
 from tests.conftest import random_tensors
 
 # One element, less than a block, exactly a block, and sizes just past whole blocks.
 SIZES = [1, 100, ema.BLOCK, ema.BLOCK + 1, 3 * ema.BLOCK - 7]
-DTYPES = [(torch.float32, 1e-6, 1e-6), (torch.bfloat16, 1e-2, 1e-2)]
+DTYPES = [torch.float32, torch.bfloat16]
 
 
 @pytest.mark.parametrize("n", SIZES)
-@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
-def test_ema_matches_the_reference(n, dtype, atol, rtol):
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_ema_matches_the_reference(n, dtype):
     target, online = random_tensors(2, n, dtype)
     expected = target.float()
     reference.ema_update_([expected], [online.float()], tau=0.996)
     ema.ema_update_(target, online, tau=0.996)
     assert target.dtype == dtype
-    torch.testing.assert_close(target.float(), expected, atol=atol, rtol=rtol)
+    torch.testing.assert_close(target.float(), expected, **TOLERANCES["ema"][dtype])
 
 
 def test_ema_over_many_tensors_in_one_buffer_matches_the_per_tensor_reference():

@@ -1,7 +1,11 @@
-"""Profiling: every implementation it times agrees with the reference, and its result is well
-formed, at tiny sizes on the CPU (fused kernels under the interpreter)."""
+"""Profiling: every implementation it times passes the benchmarks' check against the
+reference, and its result holds well-formed timings and no verdicts, at tiny sizes on the CPU
+(fused kernels under the interpreter)."""
 
 import json
+import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +15,10 @@ from byol.profiling import ops
 from byol.profiling.run import ProfileSettings, profile
 from byolctl.cli import app
 
+# benchmarks/ is a folder of scripts, not an installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import checks  # noqa: E402
+
 SHAPES = [torch.Size(s) for s in [(8, 3, 3, 3), (8,), (8,), (33, 8), (5,), (7, 33)]]
 CPU = torch.device("cpu")
 TINY = ProfileSettings(arch="resnet18", projector_hidden=32, projector_dim=16, batch_size=4,
@@ -18,12 +26,18 @@ TINY = ProfileSettings(arch="resnet18", projector_hidden=32, projector_dim=16, b
                        compile=False, workers=1)
 
 
-def test_every_profiled_implementation_matches_the_reference():
-    ops.check_ema(ops.ema_implementations(fused=True, compiled=True), SHAPES, CPU)
-    ops.check_lars(ops.lars_implementations(SHAPES, CPU, fused=True, compiled=True), SHAPES,
-                   CPU)
-    for dtype in (torch.float32, torch.bfloat16):
-        ops.check_loss(ops.loss_implementations(fused=True, compiled=True), 9, 16, dtype, CPU)
+@pytest.mark.parametrize("loss_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_every_profiled_implementation_passes_the_check_against_the_reference(loss_dtype):
+    impls = ops.implementations(SHAPES, CPU, fused=True, compiled=True)
+    checks.check_implementations(impls, (SHAPES, SHAPES), (9, 16), loss_dtype, CPU)
+
+
+def test_the_check_names_an_implementation_that_differs_from_the_reference():
+    impls = ops.implementations(SHAPES, CPU, fused=False, compiled=False)
+    impls["ema"]["another tau"] = lambda target, online: ops.foreach_ema_(
+        target.views, online.views, tau=0.99)
+    with pytest.raises(AssertionError, match="EMA another tau"):
+        checks.check_implementations(impls, (SHAPES, SHAPES), (9, 16), torch.float32, CPU)
 
 
 def test_resnet50_byol_sizes_are_what_the_targets_assume():
@@ -41,8 +55,7 @@ def result():
 def test_the_result_is_json_with_every_field(result):
     again = json.loads(json.dumps(result))
     assert set(again) == {"environment", "settings", "parameters", "copy_gb_per_s", "ops",
-                          "steps", "gflop_per_image", "data_images_per_s", "not_measured",
-                          "targets"}
+                          "steps", "gflop_per_image", "data_images_per_s", "not_measured"}
     assert {"device", "torch", "triton", "commit", "date"} <= set(again["environment"])
     assert [(r["op"], r["impl"]) for r in again["ops"]] == [
         ("ema", "per-tensor"), ("ema", "foreach"), ("lars", "per-tensor"),
@@ -75,5 +88,7 @@ def test_the_profile_command_writes_json_and_a_chart(tmp_path, cifar_folder):
         "--workers", "1", "--json", str(json_file), "--plot", str(plot)])
     assert result.exit_code == 0, result.output
     assert "Not measured: fused kernels" in result.output
+    # Timings only: the verdicts are benchmarks/targets.py's.
+    assert re.search(r"\bmet\b", result.output) is None
     assert json.loads(json_file.read_text())["data_images_per_s"] > 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

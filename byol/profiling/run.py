@@ -3,9 +3,9 @@ kernels with and without torch.compile, and optionally the data pipeline, in one
 
     byolctl profile --arch resnet50 --batch-size 256 --image-size 224 --precision bf16
 
-Compared with the performance targets (README, Benchmarks) where they were measured. What
-cannot be measured on this machine (fused kernels without a GPU, ...) is listed in the
-result's `not_measured`.
+Timings only: what cannot be measured on this machine (fused kernels without a GPU, ...) is
+listed in the result's `not_measured`; the performance targets and their verdicts on a result
+are in benchmarks/targets.py.
 """
 
 import dataclasses
@@ -17,14 +17,8 @@ import torch
 
 from byol.presets import resolve_config
 from byol.profiling.environment import bf16_peak, environment
-from byol.profiling.ops import byol_shapes, profile_ops, rows_as_dicts
+from byol.profiling.ops import byol_shapes, implementations, rows_as_dicts, time_ops
 from byol.profiling.step import flops_per_image, time_data, time_steps
-
-# The performance targets for the fused kernels: (least share of copy bandwidth, baseline, least
-# speedup over that baseline).
-KERNEL_TARGETS = {"ema": (0.85, "foreach", 1.0), "lars": (0.80, "foreach", 3.0),
-                  "loss": (None, "eager", 2.0)}
-STEP_TARGET_IMAGES_PER_S = 1800  # ResNet-50, 224 px, bf16, batch 256, one H100
 
 
 @dataclass
@@ -69,8 +63,8 @@ def profile(settings: ProfileSettings,
 
     stage("the hot operations")
     loss_shape = (settings.batch_size, settings.projector_dim)
-    copy_gb_per_s, op_rows = profile_ops(shapes, loss_shape, loss_dtype, device, fused=fused,
-                                         compiled=settings.compile)
+    impls = implementations(shapes[0], device, fused=fused, compiled=settings.compile)
+    copy_gb_per_s, op_rows = time_ops(impls, shapes, loss_shape, loss_dtype, device)
     base = {"data": "random", "arch": settings.arch, "image_size": settings.image_size,
             "projector_hidden": settings.projector_hidden,
             "projector_dim": settings.projector_dim,
@@ -96,7 +90,7 @@ def profile(settings: ProfileSettings,
         stage(f"the data pipeline on {settings.data}")
         data_images_per_s = time_data(resolve_config(None, {**base, "data": settings.data}),
                                       warmup=3, batches=max(5, settings.steps))
-    result = {
+    return {
         "environment": environment(device),
         "settings": dataclasses.asdict(settings),
         "parameters": {"online": sum(s.numel() for s in shapes[0]),
@@ -109,34 +103,3 @@ def profile(settings: ProfileSettings,
         "data_images_per_s": data_images_per_s,
         "not_measured": not_measured,
     }
-    result["targets"] = targets(result)
-    return result
-
-
-def targets(result: dict[str, Any]) -> dict[str, dict]:
-    """The performance targets that this result measured, each with `met`."""
-    verdicts = {}
-    ops = {(r["op"], r["impl"]): r for r in result["ops"]}
-    for op, (min_share, baseline, min_speedup) in KERNEL_TARGETS.items():
-        if (op, "fused") in ops and (op, baseline) in ops:
-            share = ops[op, "fused"]["share_of_copy"]
-            speedup = ops[op, baseline]["median_ms"] / ops[op, "fused"]["median_ms"]
-            verdicts[f"{op} kernel"] = {
-                "share_of_copy": share, "wanted_share": min_share,
-                f"speedup_vs_{baseline}": speedup, "wanted_speedup": min_speedup,
-                "met": (min_share is None or share >= min_share) and speedup >= min_speedup}
-    steps = {(s["kernels"], s["compile"]): s["images_per_s"] for s in result["steps"]}
-    if ("fused", False) in steps:
-        verdicts["fused faster than eager"] = {"met": steps["fused", False] > steps["eager",
-                                                                                     False]}
-    if ("eager", True) in steps:
-        verdicts["compiled faster than not"] = {"met": steps["eager", True] > steps["eager",
-                                                                                     False]}
-    settings = result["settings"]
-    if (("fused", True) in steps and settings["arch"] == "resnet50"
-            and settings["image_size"] == 224 and "H100" in result["environment"]["device"]):
-        best = steps["fused", True]
-        verdicts["whole step on an H100"] = {"images_per_s": best,
-                                             "wanted": STEP_TARGET_IMAGES_PER_S,
-                                             "met": best >= STEP_TARGET_IMAGES_PER_S}
-    return verdicts
