@@ -41,6 +41,7 @@ from common import environment, save_result  # noqa: E402
 from byol.eval.linear import LinearSettings  # noqa: E402
 from byol.eval.run import evaluate_knn, evaluate_linear  # noqa: E402
 from byol.pretrain import prepare_run  # noqa: E402
+from byol.run_folder import METRICS_FILE  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
@@ -103,7 +104,7 @@ def _add_wall_time(run_dir: Path, seconds: float) -> float:
 
 def _knn_curve(run_dir: Path) -> list[dict[str, float]]:
     """The kNN monitor's checks logged during pretraining: step, epoch, top-1, top-5."""
-    with (run_dir / "metrics.jsonl").open() as lines:
+    with (run_dir / METRICS_FILE).open() as lines:
         records = [json.loads(line) for line in lines]
     return [{key: r[key] for key in ("step", "epoch", "knn_top1", "knn_top5")}
             for r in records if "knn_top1" in r]

@@ -4,7 +4,8 @@
     python benchmarks/bench_step.py --arch resnet18 --image-size 16 --batch-size 64 --device cpu
 
 Times `Trainer.train_step` (views already on the device) after warmup, synchronizing the GPU
-before reading the clock (see `byol.profiling.step`); writes the result to benchmarks/results/.
+before reading the clock (see `byol.profiling.step`); writes the result, with the verdicts of
+the whole-step targets that apply to it (targets.py), to benchmarks/results/.
 """
 
 import argparse
@@ -16,10 +17,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import bf16_peak, environment, save_result  # noqa: E402
+from targets import describe, verdicts  # noqa: E402
 
 from byol.presets import resolve_config  # noqa: E402
-from byol.pretrain import runtime_defaults  # noqa: E402
 from byol.profiling.step import flops_per_image, time_steps  # noqa: E402
+from byol.runtime import runtime_defaults  # noqa: E402
 
 
 def main() -> None:
@@ -55,10 +57,15 @@ def main() -> None:
         "gflop_per_image": image_flops / 1e9,
         "mfu_bf16": timing.images_per_s * image_flops / peak if peak else None,
     }
+    found = verdicts(result)
+    result["verdicts"] = [dataclasses.asdict(verdict) for verdict in found]
     slug = f"step-{args.arch}-{args.image_size}px-{config.kernels}-{config.device}"
     path = save_result(slug, result)
     for key, value in result.items():
-        print(f"{key:>18}: {value}")
+        if key != "verdicts":
+            print(f"{key:>18}: {value}")
+    for verdict in found:
+        print(describe(verdict))
     print(f"saved {path}")
 
 

@@ -1,11 +1,10 @@
 """Checkpoints: written atomically, loaded as data only (`weights_only=True`).
 
-Layout inside a run folder:
-
-    last.pt                      the newest checkpoint, always loadable
-    checkpoints/step-0001000.pt  the newest `keep` step checkpoints
+A run folder keeps the newest `keep` step checkpoints and last.pt, a second name for the
+newest (see `byol.run_folder`).
 """
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -14,11 +13,10 @@ from typing import Any
 import torch
 
 from byol.errors import UserError
+from byol.run_folder import LAST, STEP_DIR, checkpoint_file, step_checkpoint
 
 FORMAT = "byolctl-pretrain"
 VERSION = 1
-LAST = "last.pt"
-STEP_DIR = "checkpoints"
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -77,7 +75,7 @@ def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) 
     """
     step_dir = run_dir / STEP_DIR
     step_dir.mkdir(parents=True, exist_ok=True)
-    step_path = step_dir / f"step-{step:07d}.pt"
+    step_path = step_checkpoint(run_dir, step)
     atomic_save({"format": FORMAT, "version": VERSION, **state}, step_path)
     last = run_dir / LAST
     _replace_with_link(step_path, last)
@@ -92,11 +90,6 @@ def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) 
 
 def _step_of(path: Path) -> int:
     return int(path.stem.removeprefix("step-"))
-
-
-def checkpoint_file(path: Path) -> Path:
-    """The checkpoint file a path names: itself, or a run folder's last.pt."""
-    return path / LAST if path.is_dir() else path
 
 
 def saved_step(path: Path) -> int | None:
@@ -128,3 +121,49 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"version {VERSION}; use the byolctl release that wrote it."
         )
     return state
+
+
+class Checkpointer:
+    """A run's checkpoints: when one is due, writing it (rank 0), and where the last good one
+    is, for every message about a run that cannot go on."""
+
+    def __init__(self, run_dir: Path, every: int, keep: int, is_main: bool):
+        self.run_dir, self.every, self.keep, self.is_main = run_dir, every, keep, is_main
+        self.saved_step: int | None = None  # the step of this run's newest checkpoint
+
+    def due(self, step: int) -> bool:
+        """Whether a checkpoint is due after `step` steps (one is also written at the end)."""
+        return step % self.every == 0
+
+    def save(self, state: dict[str, Any], step: int) -> Path:
+        """Write `state` (every rank's part already gathered) as the checkpoint of `step`;
+        returns the path of last.pt. A failed write is a UserError (see `writing`)."""
+        if self.is_main:
+            with self.writing():
+                save_checkpoint(state, self.run_dir, step, self.keep)
+        self.saved_step = step
+        return self.run_dir / LAST
+
+    @property
+    def last(self) -> Path | None:
+        """last.pt, once this run has written a checkpoint."""
+        return self.run_dir / LAST if self.saved_step is not None else None
+
+    def last_good(self) -> str:
+        """Where the newest checkpoint of this run is, for error messages."""
+        if self.saved_step is None:
+            return "no checkpoint was written"
+        return f"the last good checkpoint is {self.run_dir / LAST} (step {self.saved_step})"
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Turn a failed write into the run folder (a full disk, a lost mount) into a
+        UserError that names the checkpoint to resume from. The files already there stay
+        whole: checkpoints are written beside them and renamed into place."""
+        try:
+            yield
+        except OSError as error:
+            raise UserError(f"Could not write to the run folder {self.run_dir} "
+                            f"({error.strerror or error}); {self.last_good()}. Free some space "
+                            "and resume with --resume auto --out "
+                            f"{self.run_dir}.") from error

@@ -1,14 +1,20 @@
-"""Metrics sinks: one JSON object per line (metrics.jsonl) and TensorBoard event files."""
+"""A run's metrics: gathered on the device step by step, read back about once a second, and
+written as one JSON object per line (metrics.jsonl) and as TensorBoard event files."""
 
+import contextlib
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from byol import distributed
 from byol.checkpoint import atomic_write_text
-
-METRICS_FILE = "metrics.jsonl"
+from byol.errors import UserError
+from byol.run_folder import METRICS_FILE, TENSORBOARD_DIR
 
 
 class MetricsLog:
@@ -22,7 +28,7 @@ class MetricsLog:
         self.path = run_dir / METRICS_FILE
         _keep_records_up_to(self.path, start_step)
         self._file = open(self.path, "a", encoding="utf-8")
-        self._tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"),
+        self._tensorboard = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR),
                                           purge_step=start_step + 1)
 
     def write(self, record: dict[str, Any]) -> None:
@@ -54,3 +60,105 @@ def _keep_records_up_to(path: Path, step: int) -> None:
             pass  # a line torn by a crash mid-write
     if len(kept) != len(lines):
         atomic_write_text(path, "".join(kept))
+
+
+# Metrics are gathered on the device and read back at most this often: one host sync a second
+# costs nothing measurable, one per step stalls the GPU queue.
+FLUSH_SECONDS = 1.0
+
+
+class StepMetrics:
+    """The metrics of the steps since the last write, and their throughput.
+
+    Each step adds device tensors (averaged over the ranks when written) and host numbers
+    (lr, tau); kNN checks add their accuracies to the record of their step. `flush` reads them
+    back in one sync and logs them on rank 0. Time spent in `paused()` (checks, checkpoints)
+    does not count as training time. Used as a context manager: on a UserError in a single
+    process the steps done so far are still written; the log is closed either way.
+    """
+
+    def __init__(self, run_dir: Path | None, start_step: int, steps_per_epoch: int,
+                 images_per_step: int, writing: Callable[[], contextlib.AbstractContextManager]):
+        """run_dir: None on the ranks that do not log. writing: wraps each write (see
+        `Checkpointer.writing`)."""
+        self.log = MetricsLog(run_dir, start_step) if run_dir is not None else None
+        self.steps_per_epoch, self.images_per_step = steps_per_epoch, images_per_step
+        self.writing = writing
+        self.pending: list[tuple[int, dict[str, Any]]] = []  # (0-based step, its metrics)
+        self.checks: dict[int, dict[str, float]] = {}  # 0-based step -> kNN accuracies
+        self.window_start = time.perf_counter()
+        self.last_record: dict[str, Any] | None = None
+        # The newest kNN check: usually in last_record, but a check on a final step that
+        # `--on-nan skip` skipped has no record of its own.
+        self.last_check: dict[str, float] | None = None
+
+    def add(self, step: int, metrics: dict[str, Any]) -> None:
+        """The metrics of 0-based `step`: device tensors and host numbers."""
+        self.pending.append((step, metrics))
+
+    def add_check(self, step: int, accuracy: dict[str, float]) -> None:
+        """A monitor's result for 0-based `step`."""
+        self.checks[step] = self.last_check = accuracy
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Leave the time spent inside out of the images per second."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.window_start += time.perf_counter() - started
+
+    def due(self) -> bool:
+        """Whether a write is due (every rank agrees: they all write at the same step)."""
+        return distributed.any_rank(time.perf_counter() - self.window_start >= FLUSH_SECONDS)[0]
+
+    def flush(self, on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Read the pending steps back (one sync), average them over the ranks and log each
+        on rank 0 with its checks; `on_progress` gets the newest record."""
+        if not self.pending and not self.checks:
+            return
+        seconds = time.perf_counter() - self.window_start
+        records: dict[int, dict[str, Any]] = {}
+        if self.pending:
+            images_per_s = len(self.pending) * self.images_per_step / seconds
+            devices = [name for name, value in self.pending[0][1].items()
+                       if isinstance(value, torch.Tensor)]
+            values = torch.stack([torch.stack([m[n].float() for n in devices])
+                                  for _, m in self.pending])
+            values = distributed.mean_across_ranks_(values).tolist()
+            for (step, metrics), row in zip(self.pending, values):
+                records[step] = {"step": step + 1, "epoch": self._epoch(step), **metrics,
+                                 **dict(zip(devices, row)), "images_per_s": images_per_s}
+        for step, accuracy in self.checks.items():
+            records.setdefault(step, {"step": step + 1, "epoch": self._epoch(step)})
+            records[step].update(accuracy)
+        if self.log is not None:
+            with self.writing():
+                for step in sorted(records):
+                    self.log.write(records[step])
+                self.log.flush()
+        newest = self.pending[-1][0] if self.pending else None
+        self.pending, self.checks, self.window_start = [], {}, time.perf_counter()
+        if newest is not None:  # None: only a kNN check on a skipped step
+            self.last_record = records[newest]
+            if on_progress is not None:
+                on_progress(self.last_record)
+
+    def _epoch(self, step: int) -> float:
+        """The epoch reached at the end of (0-based) `step`."""
+        return (step + 1) / self.steps_per_epoch
+
+    def __enter__(self) -> "StepMetrics":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            # Keep the records of the steps before the error. (With several processes the
+            # error may have reached one rank only, and writing takes all of them.)
+            if isinstance(error, UserError) and distributed.current().world_size == 1:
+                with contextlib.suppress(Exception):
+                    self.flush()
+        finally:
+            if self.log is not None:
+                self.log.close()

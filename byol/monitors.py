@@ -7,6 +7,7 @@
   split (see `byol.eval`), on at most a fixed subset of images so that it stays cheap.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,7 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from byol import distributed
+from byol.config import PretrainConfig
 from byol.data.labeled import LabeledLoader, Split, eval_splits
+from byol.errors import UserError
 from byol.eval.features import extract_features
 from byol.eval.knn import knn_scores, topk_accuracy
 
@@ -120,3 +123,70 @@ class KnnMonitor:
                             k=KNN_K, temperature=KNN_TEMPERATURE)
         accuracy = topk_accuracy(scores, val_labels)
         return {"knn_top1": accuracy["top1"], "knn_top5": accuracy["top5"]}
+
+
+@dataclass
+class Monitors:
+    """The monitors of one run: the probe (or None), the kNN monitor (None when off, and on
+    every rank but 0, which alone runs it) and its schedule."""
+
+    probe: LinearProbe | None
+    knn: KnnMonitor | None
+    knn_every: int  # steps between kNN checks; 0 for none
+    total_steps: int
+    knn_unusable: str | None = None  # why found held-out data cannot serve, if it cannot
+
+    def knn_due(self, step: int) -> bool:
+        """Whether the kNN monitor checks the `step` just done: every `knn_every` steps and
+        at the end, where the end stands in for a scheduled check less than half an interval
+        before it (which would measure nearly the same encoder)."""
+        if self.knn is None:
+            return False
+        if step == self.total_steps:
+            return True
+        return step % self.knn_every == 0 and 2 * (self.total_steps - step) >= self.knn_every
+
+    def check_knn(self, encoder: nn.Module) -> dict[str, float]:
+        """Run the kNN monitor on the online encoder, then put it back in training mode."""
+        accuracy = self.knn.evaluate(encoder)
+        encoder.train()
+        return accuracy
+
+
+def build_monitors(config: PretrainConfig, classes: list[str] | None, feature_dim: int,
+                   steps_per_epoch: int, total_steps: int, device: torch.device) -> Monitors:
+    """The probe and kNN monitor a run asks for (by default: the probe when the data has
+    labels, kNN once an epoch when held-out data is found).
+
+    Held-out data found beside the training folder that cannot serve (other class folders,
+    no readable image) turns the kNN monitor off, saying why in `knn_unusable`, unless the
+    user asked for the monitor; then it is an error. Every rank takes rank 0's outcome."""
+    probe = None
+    if config.probe or (config.probe is None and classes):
+        if not classes:
+            raise UserError(f"--probe needs labeled data, and --data {config.data} has "
+                            "none; use an image folder, shards or demo.")
+        probe = LinearProbe(feature_dim, len(classes), config.seed).to(device)
+    knn_data = config.knn_data or held_out_data(config.data)
+    if config.knn_every and not knn_data:
+        raise UserError("--knn-every needs held-out data; pass --knn-data with a folder "
+                        "holding train/ and val/.")
+    every = config.knn_every if config.knn_every is not None else (
+        steps_per_epoch if knn_data else 0)
+    if not every:
+        return Monitors(probe, None, 0, total_steps)
+    monitor, failure = None, None
+    if distributed.current().is_main:
+        try:
+            monitor = KnnMonitor(knn_data, image_size=config.image_size,
+                                 batch_size=config.batch_size, workers=config.workers,
+                                 device=device, seed=config.seed, precision=config.precision)
+        except UserError as error:
+            failure = error
+    # Every rank takes rank 0's outcome, so that all stop with its message or go on.
+    failure = distributed.share_from_main(failure)
+    if failure is None:
+        return Monitors(probe, monitor, every, total_steps)
+    if config.knn_data or config.knn_every is not None:
+        raise failure
+    return Monitors(probe, None, 0, total_steps, knn_unusable=str(failure))

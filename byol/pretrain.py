@@ -10,22 +10,12 @@ only ever continued, never overwritten.
 
 import errno
 import json
-import os
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from byol import distributed, ops
-from byol.checkpoint import (
-    LAST,
-    STEP_DIR,
-    atomic_write_text,
-    checkpoint_file,
-    load_checkpoint,
-    saved_step,
-)
+from byol import distributed
+from byol.build import build_trainer
+from byol.checkpoint import atomic_write_text, load_checkpoint, saved_step
 from byol.config import (
     RUNTIME_FIELDS,
     PretrainConfig,
@@ -37,55 +27,21 @@ from byol.config import (
 )
 from byol.data.labeled import VAL_SPLITS
 from byol.errors import UserError
-from byol.metrics import METRICS_FILE
 from byol.monitors import held_out_data
 from byol.presets import preset_values, resolve_config
+from byol.run_folder import (
+    CLASSES_FILE,
+    CONFIG_FILE,
+    LAST,
+    RUNS_ROOT,
+    SKIPPED_FILE,
+    checkpoint_file,
+    checkpoint_run_dir,
+    default_run_dir,
+    holds_run,
+)
+from byol.runtime import runtime_defaults
 from byol.trainer import Trainer, saved_world_size
-
-RUNS_ROOT = Path("runs")
-CONFIG_FILE = "config.json"
-CLASSES_FILE = "classes.json"
-SKIPPED_FILE = "skipped_files.txt"  # one `path<TAB>reason` per unreadable image
-
-
-def runtime_defaults(requested: dict[str, Any]) -> dict[str, Any]:
-    """Device, kernels, precision, compilation and data threads that suit this machine.
-
-    A GPU gets the fused kernels, bf16 autocast and torch.compile; the CPU gets the reference
-    kernels, fp32 and eager execution. DALI gets up to 8 CPU threads.
-    """
-    cuda = torch.cuda.is_available()
-    device = requested.get("device", "cuda" if cuda else "cpu")
-    if device == "cuda" and not cuda:
-        raise UserError("--device cuda needs a GPU and none is visible; use --device cpu.")
-    on_gpu = device == "cuda"
-    return {"device": device, "kernels": ops.default_backend(torch.device(device)),
-            "precision": "bf16" if on_gpu else "fp32", "compile": on_gpu,
-            "workers": min(8, os.cpu_count() or 1)}
-
-
-def default_run_dir(arch: str) -> Path:
-    """runs/<arch>-<date>-<time>."""
-    return RUNS_ROOT / f"{arch}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def checkpoint_run_dir(checkpoint: Path) -> Path:
-    """The run folder a checkpoint belongs to (last.pt sits in it, step files one below):
-    found through the real path, and spelled as the user spelled the checkpoint where that
-    names the same folder (not through `.` inside it, or a link)."""
-    if checkpoint.is_dir():
-        return checkpoint
-
-    def run_of(path: Path) -> Path:
-        return path.parent.parent if path.parent.name == STEP_DIR else path.parent
-
-    home, spelled = run_of(checkpoint.resolve()), run_of(checkpoint)
-    return spelled if spelled.resolve() == home else home
-
-
-def holds_run(run_dir: Path) -> bool:
-    """Whether a folder already holds (part of) a run."""
-    return any((run_dir / name).exists() for name in (LAST, CONFIG_FILE, METRICS_FILE))
 
 
 def same_settings(run_dir: Path, config_items: dict[str, Any]) -> bool:
@@ -133,7 +89,7 @@ def prepare_run(preset: str | None, overrides: dict[str, Any], out: Path | None,
     if kind == "resume":
         return _resume(path, preset, overrides, resume_out)
     config = resolve_config(preset, {**runtime_defaults(overrides), **overrides})
-    trainer = Trainer(config, path)
+    trainer = build_trainer(config, path)
     _start_run_dir(trainer)
     return trainer, None
 
@@ -188,8 +144,8 @@ def _resume(checkpoint: Path, preset: str | None, overrides: dict[str, Any],
                         f"continue {checkpoint} there.")
     # On another number of processes the run keeps its length in steps (see Trainer.restore).
     same_processes = saved_world_size(state) == distributed.current().world_size
-    trainer = Trainer(config, run_dir,
-                      total_steps=None if same_processes else state["total_steps"])
+    trainer = build_trainer(config, run_dir,
+                            total_steps=None if same_processes else state["total_steps"])
     if state["total_steps"] != trainer.total_steps:
         raise UserError(
             f"{checkpoint} belongs to a run of {state['total_steps']} steps but its settings "

@@ -149,8 +149,10 @@ def pretrain(
         console.print(f"Resuming from {resumed_from} at step {trainer.step}.")
     skipped = getattr(trainer.loader, "skipped", [])
     if skipped:
+        from byol.run_folder import SKIPPED_FILE
+
         console.print(f"Skipping {len(skipped)} unreadable images, listed in "
-                      f"{trainer.run_dir / 'skipped_files.txt'}.")
+                      f"{trainer.run_dir / SKIPPED_FILE}.")
     processes = trainer.processes.world_size
     batch = (f"batch {cfg.batch_size}" if processes == 1 else
              f"batch {cfg.batch_size} x {processes} processes")
@@ -196,14 +198,15 @@ def pretrain(
 def _describe_monitors(trainer) -> str | None:
     """One line on the probe and the kNN monitor, saying why the kNN monitor is off when
     labeled data has no held-out split beside it (the user may expect one)."""
-    parts = ["linear probe"] if trainer.probe is not None else []
-    if trainer.knn_monitor is not None:
-        every = trainer.knn_every
+    monitors = trainer.monitors
+    parts = ["linear probe"] if monitors.probe is not None else []
+    if monitors.knn is not None:
+        every = monitors.knn_every
         when = ("at the end" if every >= trainer.total_steps
                 else f"every {every} steps and at the end")
-        parts.append(f"kNN on {trainer.knn_monitor.data} {when}")
-    elif trainer.knn_unusable:
-        parts.append(f"no kNN ({trainer.knn_unusable.rstrip('.')}; or name other held-out "
+        parts.append(f"kNN on {monitors.knn.data} {when}")
+    elif monitors.knn_unusable:
+        parts.append(f"no kNN ({monitors.knn_unusable.rstrip('.')}; or name other held-out "
                      "data with --knn-data)")
     elif getattr(trainer.loader, "classes", None) and trainer.config.knn_every is None:
         parts.append("no kNN (no val/ or test/ beside the training folder; name one with "

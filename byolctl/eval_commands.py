@@ -83,7 +83,7 @@ def _report(result: dict[str, Any], checkpoint: Path, json_file: Path | None) ->
     alone, under torchrun)."""
     from byol import distributed
     from byol.eval.run import record_result
-    from byol.pretrain import checkpoint_run_dir, holds_run
+    from byol.run_folder import checkpoint_run_dir, holds_run
 
     if not distributed.current().is_main:
         return

@@ -133,7 +133,7 @@ def device_and_workers(device: Device | None, workers: int | None) -> tuple[str,
     """The device and the DALI threads a command runs with: the given ones, or the defaults
     pretraining uses. UserError for a negative --workers (0 means one thread)."""
     from byol.errors import UserError
-    from byol.pretrain import runtime_defaults  # deferred: keeps --help fast
+    from byol.runtime import runtime_defaults  # deferred: keeps --help fast
 
     if workers is not None and workers < 0:
         raise UserError("--workers must be 0 or more.")

@@ -12,7 +12,7 @@ from unittest import mock  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import byol.trainer  # noqa: E402
+import byol.metrics  # noqa: E402
 from byol.pretrain import prepare_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,5 +97,5 @@ def run_pretraining(overrides: dict, out="run", resume=None, stop_at=None):
             trainer.request_stop()
 
     # Metrics (and with them the progress callback) normally flush once a second.
-    with mock.patch.object(byol.trainer, "FLUSH_SECONDS", 0.0):
+    with mock.patch.object(byol.metrics, "FLUSH_SECONDS", 0.0):
         return trainer, trainer.fit(stop), resumed

@@ -1,19 +1,12 @@
 """Frozen-encoder features of a labeled split."""
 
-import contextlib
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from byol.data.labeled import LabeledLoader
-
-
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on `device` for precision `bf16`, nothing for `fp32`."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+from byol.runtime import autocast
 
 
 @torch.no_grad()
@@ -25,7 +18,7 @@ def extract_features(encoder: nn.Module, loader: LabeledLoader, precision: str =
     encoder.eval()
     features, labels = [], []
     for images, batch_labels in loader:
-        with autocast_for(images.device, precision):
+        with autocast(images.device, precision):
             features.append(encoder(images).float())
         labels.append(batch_labels)
         if on_batch is not None:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from byol.eval.features import autocast_for
+from byol.runtime import autocast
 
 
 @dataclass
@@ -116,7 +116,7 @@ def train_on_images(encoder: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]
         trainer.load_state_dict(state["trainer"])
     for epoch in range(state["epoch"] if state else 0, settings.epochs):
         for images, labels in batches:
-            with torch.no_grad(), autocast_for(device, precision):
+            with torch.no_grad(), autocast(device, precision):
                 features = encoder(images)
             trainer.step(features, labels)
         if on_state is not None:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from byol import distributed
-from byol.checkpoint import atomic_save, checkpoint_file
+from byol.checkpoint import atomic_save
 from byol.data.dali import augmentation_seed
 from byol.data.labeled import LabeledLoader, Split, eval_splits
 from byol.errors import UserError
@@ -32,11 +32,15 @@ from byol.eval.encoder import load_encoder
 from byol.eval.features import extract_features
 from byol.eval.knn import knn_scores, topk_accuracy
 from byol.eval.linear import LinearSettings, classify, train_on_features, train_on_images
-from byol.pretrain import checkpoint_run_dir, holds_run, runtime_defaults
+from byol.run_folder import (
+    EVALUATIONS_FILE,
+    LINEAR_STATE_FILE,
+    checkpoint_file,
+    checkpoint_run_dir,
+    holds_run,
+)
+from byol.runtime import default_precision, process_device, to_runtime_layout
 
-EVALUATIONS_FILE = "evaluations.jsonl"
-# The state of an unfinished `eval linear --protocol full`, rewritten after every epoch.
-LINEAR_STATE_FILE = "linear-eval.pt"
 PROTOCOLS = ("full", "cached")
 
 # on_progress(task, completed, total): a task's progress, e.g. ("train features", 512, 50000).
@@ -61,12 +65,9 @@ def _setup(checkpoint: Path, image_size: int | None, device: str,
            precision: str | None) -> Setup:
     processes = distributed.setup(device)
     loaded = load_encoder(checkpoint)
-    target = (torch.device("cuda", processes.local_rank)
-              if device == "cuda" and processes.enabled else torch.device(device))
-    precision = precision or runtime_defaults({"device": device})["precision"]  # as pretraining
-    encoder = loaded.encoder.to(target)
-    if target.type == "cuda" or precision == "bf16":  # as the trainer lays them out
-        encoder = encoder.to(memory_format=torch.channels_last)
+    target = process_device(device, processes.local_rank, processes.enabled)
+    precision = precision or default_precision(device)
+    encoder = to_runtime_layout(loaded.encoder, target, precision)
     encoder.requires_grad_(False)
     return Setup(encoder, loaded.feature_dim, loaded.step, loaded.config.model.arch,
                  image_size or loaded.config.image_size, target, precision, processes)
@@ -142,8 +143,8 @@ def evaluate_knn(checkpoint: Path, data: str, *, k: int = 200, temperature: floa
 
 
 def linear_state_file(checkpoint: Path) -> Path | None:
-    """Where the full protocol keeps its state between epochs: in the checkpoint's run folder,
-    if it is in one that can be written."""
+    """Where the full protocol keeps its state between epochs (rewritten after every one): in
+    the checkpoint's run folder, if it is in one that can be written."""
     run_dir = checkpoint_run_dir(checkpoint)
     if not holds_run(run_dir) or not os.access(run_dir, os.W_OK):
         return None

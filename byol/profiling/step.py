@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from byol.build import build_trainer
 from byol.config import ModelConfig, PretrainConfig
 from byol.data import build_loader
 from byol.models import BYOL
 from byol.profiling.timing import synchronize
-from byol.trainer import Trainer
 
 
 def flops_per_image(model: ModelConfig, image_size: int) -> int:
@@ -44,7 +44,7 @@ class StepTiming:
 def time_steps(config: PretrainConfig, warmup: int, steps: int) -> StepTiming:
     """Time `steps` calls of `Trainer.train_step` after `warmup` untimed ones (which include
     compilation). `config.data` should be `random`, so data costs nothing."""
-    trainer = Trainer(config, run_dir=Path("unused"))
+    trainer = build_trainer(config, run_dir=Path("unused"))
     device = trainer.device
     batches = iter(trainer.loader)
     trainer.model.train()
