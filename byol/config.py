@@ -12,20 +12,32 @@ from typing import Any
 from byol.errors import UserError
 
 
+def setting(default: Any, help: str, *, default_text: str | None = None) -> Any:
+    """A config field with its description: the one home of both. The command line takes
+    each option's help and shown default from here (see `byolctl.options.config_option`);
+    `default_text` says the default in words where the machine or the preset decides it."""
+    return field(default=default, metadata={"help": help, "default_text": default_text})
+
+
+def described(settings_class: type, name: str) -> dataclasses.Field:
+    """The field `name` of a dataclass declared with `setting`, or KeyError."""
+    fields = {f.name: f for f in dataclasses.fields(settings_class)}
+    if "help" not in fields[name].metadata:
+        raise KeyError(f"{settings_class.__name__}.{name} has no description")
+    return fields[name]
+
+
 @dataclass
 class ModelConfig:
     """The networks: enough to rebuild them from a checkpoint."""
 
-    arch: str = "resnet50"
-    """Encoder name from `byol.models.ENCODERS` (torchvision ResNets)."""
-    width: int = 1
-    """Bottleneck width multiplier, as torchvision's wide ResNets (resnet50 and deeper only)."""
-    small_stem: bool = False
-    """3x3 stride-1 first convolution and no max-pool, for 32-64 px images."""
-    projector_hidden: int = 4096
-    """Hidden width of the projector and predictor MLPs."""
-    projector_dim: int = 256
-    """Output width of the projector and predictor."""
+    arch: str = setting("resnet50", "Encoder architecture (torchvision ResNet).")
+    width: int = setting(1, "Bottleneck width multiplier, as torchvision's wide ResNets "
+                         "(resnet50 and deeper only).")
+    small_stem: bool = setting(False, "3x3 stride-1 first convolution and no max-pool, for "
+                               "32-64 px images.")
+    projector_hidden: int = setting(4096, "Hidden width of the projector and predictor MLPs.")
+    projector_dim: int = setting(256, "Output width of the projector and predictor.")
 
 
 @dataclass
@@ -33,63 +45,55 @@ class PretrainConfig:
     """Everything that defines a pretraining run."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: str = "demo"
-    """Image source: a folder, `demo` (built in) or `random` (random tensors, for profiling)."""
-    image_size: int = 224
-    """Side of each augmented view, in pixels."""
-    batch_size: int = 256
-    """Images per step on each device; each image gives two views."""
-    epochs: int = 300
-    """Length of the run in passes over the data (ignored when `steps` is set)."""
-    steps: int | None = None
-    """Length of the run in optimizer steps; overrides `epochs`."""
-    lr: float = 0.3
-    """Base learning rate per 256 images: the peak is lr * batch_size / 256."""
-    warmup_epochs: float = 10.0
-    """Linear warmup length, then cosine decay to 0 (capped at the run's length)."""
-    weight_decay: float = 1e-6
-    """LARS weight decay (not applied to biases and normalization parameters)."""
-    lars_eta: float = 1e-3
-    """LARS trust coefficient."""
-    lars_clip: bool = False
-    """Each tensor's LARS rate is its trust ratio capped at the global lr, not lr times it
-    (the CIFAR numbers assume it)."""
-    momentum: float = 0.9
-    """LARS momentum."""
-    tau_base: float = 0.99
-    """Target EMA rate at step 0; it rises to 1 on a cosine."""
-    blur: bool = True
-    """Gaussian blur on the views (p=1.0 for view 1, 0.1 for view 2, as in the paper)."""
-    precision: str = "fp32"
-    """`bf16` (autocast) or `fp32`."""
-    seed: int = 0
-    """Seed for initialization, data order and augmentations."""
+    data: str = setting("demo", "Image folder (<class>/<image>), shards (a folder or a {a..b} "
+                        "pattern), `demo` (built in) or `random` (random tensors, to profile).")
+    image_size: int = setting(224, "Side of each augmented view, in pixels.")
+    batch_size: int = setting(256, "Images per step on each device (each gives two views).")
+    epochs: int = setting(300, "Run length in passes over the data.")
+    steps: int | None = setting(None, "Run length in optimizer steps (overrides --epochs).",
+                                default_text="from --epochs")
+    lr: float = setting(0.3, "Base learning rate per 256 images: the peak is lr * batch / 256.")
+    warmup_epochs: float = setting(10.0, "Linear warmup length in epochs, then cosine decay "
+                                   "to 0 (capped at the run's length).")
+    weight_decay: float = setting(1e-6, "LARS weight decay (not on biases and norms).")
+    lars_eta: float = setting(1e-3, "LARS trust coefficient.")
+    lars_clip: bool = setting(False, "Cap each tensor's LARS rate at the lr (its trust ratio "
+                              "capped at lr) instead of lr times the trust ratio.")
+    momentum: float = setting(0.9, "LARS momentum.")
+    tau_base: float = setting(0.99, "Target EMA rate at step 0 (rises to 1 on a cosine).")
+    blur: bool = setting(True, "Gaussian blur on the views (p=1.0 for view 1, 0.1 for view 2, "
+                         "as in the paper).")
+    precision: str = setting("fp32", "bf16 autocast or fp32.",
+                             default_text="bf16 on a GPU, else fp32")
+    seed: int = setting(0, "Seed for initialization, data order and augmentation.")
     # Runtime choices: these may change when a run is resumed without changing what it computes
     # beyond floating-point rounding (see RUNTIME_FIELDS).
-    device: str = "cpu"
-    """`cuda` or `cpu`."""
-    kernels: str = "eager"
-    """`fused` (Triton) or `eager` (plain torch) loss, EMA and LARS; see `byol.ops`."""
-    compile: bool = False
-    """Compile the online and target networks with torch.compile."""
-    workers: int = 2
-    """DALI CPU threads for decoding and augmentation."""
-    strict: bool = False
-    """Stop at the first unreadable image instead of skipping it."""
-    checkpoint_every: int = 1000
-    """Write a checkpoint every this many steps (and always at the end)."""
-    keep_checkpoints: int = 3
-    """How many step checkpoints to keep besides `last.pt`."""
-    probe: bool | None = None
-    """Train a linear probe on detached features (default: when the data has labels)."""
-    knn_every: int | None = None
-    """Steps between kNN monitors, 0 for none (default: once an epoch, with `knn_data`)."""
-    knn_data: str | None = None
-    """Evaluation data for the kNN monitor (default: see `byol.monitors.held_out_data`)."""
-    on_nan: str = "stop"
-    """A non-finite loss or gradient: `stop` the run, or `skip` the step (nothing applied)."""
-    max_skipped_steps: int = 10
-    """With on_nan `skip`: how many steps the whole run may skip before it stops."""
+    device: str = setting("cpu", "Where to run.", default_text="cuda if there is a GPU")
+    kernels: str = setting("eager", "Triton kernels (fused) or plain PyTorch (eager) for the "
+                           "loss, EMA and LARS.",
+                           default_text="fused on a GPU, else eager")
+    compile: bool = setting(False, "torch.compile the online and target networks.",
+                            default_text="on with a GPU")
+    workers: int = setting(2, "DALI CPU threads for decoding and augmentation.",
+                           default_text="the cores, at most 8")
+    strict: bool = setting(False, "Stop at the first unreadable image instead of skipping and "
+                           "listing it.")
+    checkpoint_every: int = setting(1000, "Steps between checkpoints (and one at the end).")
+    keep_checkpoints: int = setting(3, "Step checkpoints to keep (last.pt names the newest).")
+    probe: bool | None = setting(None, "Train a linear probe on detached features alongside, "
+                                 "logged as probe_top1.",
+                                 default_text="on when the data has labels")
+    knn_every: int | None = setting(None, "Steps between kNN checks on held-out data, 0 for "
+                                    "none, logged as knn_top1.",
+                                    default_text="once an epoch when held-out data is found")
+    knn_data: str | None = setting(None, "Held-out data for the kNN check: a folder with "
+                                   "train/ and val/.",
+                                   default_text="demo for demo, DIR for a DIR/train beside a "
+                                   "DIR/val")
+    on_nan: str = setting("stop", "A non-finite loss or gradient stops the run, or skips that "
+                          "step (nothing applied).")
+    max_skipped_steps: int = setting(10, "With --on-nan skip: steps the run may skip in all "
+                                     "before it stops.")
 
 
 RUNTIME_FIELDS = frozenset({"device", "kernels", "compile", "workers", "strict",

@@ -14,6 +14,7 @@ from byol.errors import UserError
 
 # ImageNet hyperparameters keyed by the number of epochs, as in the official implementation:
 # epochs -> (base lr per 256 images, weight decay, tau_base).
+IMAGENET_BY_EPOCHS_KEYS = ("lr", "weight_decay", "tau_base")
 IMAGENET_BY_EPOCHS: dict[int, tuple[float, float, float]] = {
     40: (0.45, 1e-6, 0.97),
     100: (0.45, 1e-6, 0.99),
@@ -41,8 +42,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def imagenet_hyperparameters(epochs: int) -> dict[str, float]:
     """lr, weight decay and tau_base of the official preset nearest to `epochs`."""
     nearest = min(IMAGENET_BY_EPOCHS, key=lambda e: abs(e - epochs))
-    lr, weight_decay, tau_base = IMAGENET_BY_EPOCHS[nearest]
-    return dict(lr=lr, weight_decay=weight_decay, tau_base=tau_base)
+    return dict(zip(IMAGENET_BY_EPOCHS_KEYS, IMAGENET_BY_EPOCHS[nearest]))
 
 
 def default_preset(data: str) -> str:

@@ -8,13 +8,17 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from byol.eval.knn import KnnSettings
+from byol.eval.linear import LinearSettings
 from byolctl.errors import exits_cleanly
 from byolctl.options import (
     DeviceOpt,
     JsonOpt,
     PrecisionOpt,
     WorkersOpt,
+    config_option,
     device_and_workers,
+    given_settings,
     write_json,
 )
 from byolctl.render import console, print_error, print_warning
@@ -36,8 +40,6 @@ EvalDataOpt = Annotated[str, typer.Option(
 EvalImageSizeOpt = Annotated[Optional[int], typer.Option(
     "--image-size", help="Image side in pixels \\[default: the pretraining size].",
     show_default=False)]
-EvalBatchOpt = Annotated[int, typer.Option(
-    "--batch-size", help="Images per batch (per process under torchrun).")]
 
 
 def _runtime(device, workers: int | None, batch_size: int,
@@ -121,10 +123,9 @@ def _report(result: dict[str, Any], checkpoint: Path, json_file: Path | None) ->
 def knn(
     checkpoint: CheckpointOpt,
     data: EvalDataOpt = "demo",
-    k: Annotated[int, typer.Option("--k", help="Neighbours that vote.")] = 200,
-    temperature: Annotated[float, typer.Option(
-        "--temperature", help="Votes weigh exp(cosine similarity / temperature).")] = 0.1,
-    batch_size: EvalBatchOpt = 256,
+    k: Annotated[Optional[int], config_option(KnnSettings, "k")] = None,
+    temperature: Annotated[Optional[float], config_option(KnnSettings, "temperature")] = None,
+    batch_size: Annotated[Optional[int], config_option(KnnSettings, "batch_size")] = None,
     image_size: EvalImageSizeOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
@@ -138,13 +139,14 @@ def knn(
     from byol.errors import UserError
     from byol.eval.run import evaluate_knn
 
-    if k < 1 or temperature <= 0:
+    settings = given_settings(KnnSettings, locals())
+    if settings.k < 1 or settings.temperature <= 0:
         raise UserError("--k must be at least 1 and --temperature positive.")
-    runtime = _runtime(device, workers, batch_size, image_size)
+    runtime = _runtime(device, workers, settings.batch_size, image_size)
     result = _run_with_progress(
-        evaluate_knn, checkpoint=checkpoint, data=data, k=k, temperature=temperature,
-        batch_size=batch_size, image_size=image_size, precision=precision and precision.value,
-        **runtime)
+        evaluate_knn, checkpoint=checkpoint, data=data, k=settings.k,
+        temperature=settings.temperature, batch_size=settings.batch_size,
+        image_size=image_size, precision=precision and precision.value, **runtime)
     _report(result, checkpoint, json_file)
 
 
@@ -157,12 +159,11 @@ def linear(
     protocol: Annotated[Protocol, typer.Option(
         "--protocol", help="full: new crops and flips each epoch through the frozen encoder; "
         "cached: center-crop features once, then the classifier alone (fast).")] = Protocol.full,
-    epochs: Annotated[int, typer.Option("--epochs", help="Classifier epochs.")] = 90,
-    batch_size: EvalBatchOpt = 256,
-    lr: Annotated[float, typer.Option(
-        "--lr", help="SGD (Nesterov) base learning rate per 256 images, cosine to 0.")] = 0.1,
+    epochs: Annotated[Optional[int], config_option(LinearSettings, "epochs")] = None,
+    batch_size: Annotated[Optional[int], config_option(LinearSettings, "batch_size")] = None,
+    lr: Annotated[Optional[float], config_option(LinearSettings, "lr")] = None,
     image_size: EvalImageSizeOpt = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the classifier.")] = 0,
+    seed: Annotated[Optional[int], config_option(LinearSettings, "seed")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an unfinished --protocol full evaluation of the same "
         "checkpoint, data and settings after its last finished epoch.")] = False,
@@ -177,13 +178,12 @@ def linear(
     tested on the val split's center crops.
     """
     from byol.errors import UserError
-    from byol.eval.linear import LinearSettings
     from byol.eval.run import evaluate_linear, linear_state_file
 
-    if epochs < 1 or lr <= 0:
+    settings = given_settings(LinearSettings, locals())
+    if settings.epochs < 1 or settings.lr <= 0:
         raise UserError("--epochs must be at least 1 and --lr positive.")
-    runtime = _runtime(device, workers, batch_size, image_size)
-    settings = LinearSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    runtime = _runtime(device, workers, settings.batch_size, image_size)
     unfinished = linear_state_file(checkpoint)
     if protocol == Protocol.full and not resume and unfinished and unfinished.is_file():
         console.print(f"{unfinished} holds an unfinished evaluation; starting over (--resume "

@@ -1,132 +1,131 @@
 """Command-line options, declared once and shared by every subcommand.
 
-Defaults are None so that a command knows which options the user actually gave: only those
-override the preset and the config file.
+Each option that sets a setting takes its help text and shown default from the dataclass field
+that holds the setting (`config_option`), so a default or a description lives in one place.
+Pretraining's defaults are None here so that a command knows which options the user actually
+gave: only those override the preset and the config file.
 """
 
+import dataclasses
 import json
 import os
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
+from byol.config import ON_NAN, PRECISIONS, ModelConfig, PretrainConfig, described
 from byol.models import ENCODERS
-from byol.presets import PRESETS
+from byol.ops import BACKENDS
+from byol.presets import IMAGENET_BY_EPOCHS_KEYS, PRESETS
 
 Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)
 Arch = Enum("Arch", {name: name for name in ENCODERS}, type=str)
+Device = Enum("Device", {name: name for name in ("cuda", "cpu")}, type=str)
+Precision = Enum("Precision", {name: name for name in PRECISIONS}, type=str)
+Kernels = Enum("Kernels", {name: name for name in BACKENDS}, type=str)
+OnNan = Enum("OnNan", {name: name for name in ON_NAN}, type=str)
 
 
-class Device(str, Enum):
-    cuda = "cuda"
-    cpu = "cpu"
+def shown_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-class Precision(str, Enum):
-    bf16 = "bf16"
-    fp32 = "fp32"
+def _preset_default(name: str, default: Any) -> str | None:
+    """How the presets set `name` ("demo 16, cifar 32, imagenet 224"), if any of them does."""
+    if not any(name in values for values in PRESETS.values()) and name not in (
+            IMAGENET_BY_EPOCHS_KEYS):
+        return None
+    parts = []
+    for preset, values in PRESETS.items():
+        if preset == "imagenet" and name in IMAGENET_BY_EPOCHS_KEYS:
+            parts.append("imagenet by --epochs")
+        else:
+            parts.append(f"{preset} {shown_value(values.get(name, default))}")
+    return ", ".join(parts)
 
 
-class Kernels(str, Enum):
-    fused = "fused"
-    eager = "eager"
+def config_option(settings_class: type, name: str, flags: str | None = None, *,
+                  choices: Sequence[str] = (), cpu_defaults: Mapping[str, Any] | None = None,
+                  **kwargs) -> Any:
+    """A typer.Option for the setting `name` of a dataclass declared with `byol.config.setting`:
+    its help, the choices (listed in the help, where they wrap; as the metavar they would widen
+    the column past 80), and its default as the field, the presets or `cpu_defaults` give it."""
+    field = described(settings_class, name)
+    shown = field.metadata["default_text"]
+    if shown is None and settings_class in (PretrainConfig, ModelConfig):
+        shown = _preset_default(name, field.default)
+    if shown is None and field.default is not None:
+        shown = shown_value(field.default)
+    if cpu_defaults and name in cpu_defaults:
+        shown = f"{shown}; {shown_value(cpu_defaults[name])} on the CPU"
+    help_text = field.metadata["help"]
+    if choices:
+        help_text = f"{help_text.rstrip('.')}: {', '.join(choices)}."
+        kwargs.setdefault("metavar", "<name>")
+    if shown is not None:
+        help_text = f"{help_text.rstrip('.')} \\[default: {shown}]."
+    return typer.Option(flags or "--" + name.replace("_", "-"), help=help_text,
+                        show_default=False, **kwargs)
 
 
-class OnNan(str, Enum):
-    stop = "stop"
-    skip = "skip"
-
-
-DataOpt = Annotated[Optional[str], typer.Option(
-    "--data", help="Image folder (<class>/<image>), shards (a folder or a {a..b} pattern), "
-    "`demo` (built in, the default) or `random`.",
-    show_default=False)]
-# The choices go into the help text, where they wrap: as the metavar they would widen the
-# column so far that 80-column help truncates the longest option names.
-ArchOpt = Annotated[Optional[Arch], typer.Option(
-    "--arch", metavar="<name>",
-    help=f"Encoder architecture (torchvision ResNet): {', '.join(ENCODERS)}.",
-    show_default=False)]
+# Pretraining's settings (and the runtime ones every command shares).
+DataOpt = Annotated[Optional[str], config_option(PretrainConfig, "data")]
+ArchOpt = Annotated[Optional[Arch], config_option(ModelConfig, "arch", choices=ENCODERS)]
 PresetOpt = Annotated[Optional[Preset], typer.Option(
     "--preset", metavar="<name>",
     help=f"Starting hyperparameters: {', '.join(PRESETS)} \\[default: demo for --data demo, "
     "else imagenet].",
     show_default=False)]
-WidthOpt = Annotated[Optional[int], typer.Option(
-    "--width", help="Bottleneck width multiplier (resnet50 and deeper) \\[default: 1].",
-    show_default=False)]
-SmallStemOpt = Annotated[Optional[bool], typer.Option(
-    "--small-stem/--imagenet-stem", help="3x3 stem without max-pool, for 32-64 px images.",
-    show_default=False)]
-ImageSizeOpt = Annotated[Optional[int], typer.Option(
-    "--image-size", help="Side of each augmented view in pixels.", show_default=False)]
-BatchSizeOpt = Annotated[Optional[int], typer.Option(
-    "--batch-size", help="Images per step (each gives two views).", show_default=False)]
-EpochsOpt = Annotated[Optional[int], typer.Option(
-    "--epochs", help="Run length in passes over the data.", show_default=False)]
-StepsOpt = Annotated[Optional[int], typer.Option(
-    "--steps", help="Run length in optimizer steps (overrides --epochs).", show_default=False)]
-LrOpt = Annotated[Optional[float], typer.Option(
-    "--lr", help="Base learning rate per 256 images.", show_default=False)]
-WarmupOpt = Annotated[Optional[float], typer.Option(
-    "--warmup-epochs", help="Linear warmup length in epochs.", show_default=False)]
-WeightDecayOpt = Annotated[Optional[float], typer.Option(
-    "--weight-decay", help="LARS weight decay (not on biases and norms).", show_default=False)]
-TauBaseOpt = Annotated[Optional[float], typer.Option(
-    "--tau-base", help="Target EMA rate at step 0 (rises to 1).", show_default=False)]
-BlurOpt = Annotated[Optional[bool], typer.Option(
-    "--blur/--no-blur", help="Gaussian blur on the views, as in the paper \\[default: on; off "
-    "in the cifar and demo presets].", show_default=False)]
-KernelsOpt = Annotated[Optional[Kernels], typer.Option(
-    "--kernels",
-    help="Triton kernels (fused) or plain PyTorch (eager) for the loss, EMA and LARS "
-    "\\[default: fused on a GPU].", show_default=False)]
-CompileOpt = Annotated[Optional[bool], typer.Option(
-    "--compile/--no-compile", help="torch.compile the networks \\[default: on with a GPU].",
-    show_default=False)]
-PrecisionOpt = Annotated[Optional[Precision], typer.Option(
-    "--precision", help="bf16 autocast or fp32 \\[default: bf16 on a GPU].", show_default=False)]
-DeviceOpt = Annotated[Optional[Device], typer.Option(
-    "--device", help="Where to run \\[default: cuda if there is a GPU].", show_default=False)]
+WidthOpt = Annotated[Optional[int], config_option(ModelConfig, "width")]
+SmallStemOpt = Annotated[Optional[bool], config_option(
+    ModelConfig, "small_stem", "--small-stem/--imagenet-stem")]
+ImageSizeOpt = Annotated[Optional[int], config_option(PretrainConfig, "image_size")]
+BatchSizeOpt = Annotated[Optional[int], config_option(PretrainConfig, "batch_size")]
+EpochsOpt = Annotated[Optional[int], config_option(PretrainConfig, "epochs")]
+StepsOpt = Annotated[Optional[int], config_option(PretrainConfig, "steps")]
+LrOpt = Annotated[Optional[float], config_option(PretrainConfig, "lr")]
+WarmupOpt = Annotated[Optional[float], config_option(PretrainConfig, "warmup_epochs")]
+WeightDecayOpt = Annotated[Optional[float], config_option(PretrainConfig, "weight_decay")]
+TauBaseOpt = Annotated[Optional[float], config_option(PretrainConfig, "tau_base")]
+BlurOpt = Annotated[Optional[bool], config_option(PretrainConfig, "blur", "--blur/--no-blur")]
+KernelsOpt = Annotated[Optional[Kernels], config_option(PretrainConfig, "kernels")]
+CompileOpt = Annotated[Optional[bool], config_option(
+    PretrainConfig, "compile", "--compile/--no-compile")]
+PrecisionOpt = Annotated[Optional[Precision], config_option(PretrainConfig, "precision")]
+DeviceOpt = Annotated[Optional[Device], config_option(PretrainConfig, "device")]
 OutOpt = Annotated[Optional[Path], typer.Option(
     "--out", help="Run folder \\[default: a new one in runs/, named by the arch, date and "
     "time].", show_default=False)]
 ResumeOpt = Annotated[Optional[str], typer.Option(
     "--resume", help="`auto` (continue the matching run) or a checkpoint or run folder.",
     show_default=False)]
-SeedOpt = Annotated[Optional[int], typer.Option(
-    "--seed", help="Seed for initialization, data order and augmentation \\[default: 0].",
-    show_default=False)]
-WorkersOpt = Annotated[Optional[int], typer.Option(
-    "--workers", help="DALI CPU threads \\[default: the cores, at most 8].", show_default=False)]
-StrictOpt = Annotated[Optional[bool], typer.Option(
-    "--strict/--skip-bad", help="Stop at the first unreadable image \\[default: skip and list].",
-    show_default=False)]
-CheckpointEveryOpt = Annotated[Optional[int], typer.Option(
-    "--checkpoint-every", help="Steps between checkpoints (and one at the end) "
-    "\\[default: 1000].",
-    show_default=False)]
-KeepOpt = Annotated[Optional[int], typer.Option(
-    "--keep-checkpoints", help="Step checkpoints to keep (last.pt names the newest) "
-    "\\[default: 3].",
-    show_default=False)]
-OnNanOpt = Annotated[Optional[OnNan], typer.Option(
-    "--on-nan", help="A non-finite loss or gradient stops the run, or skips that step (nothing "
-    "applied) \\[default: stop].", show_default=False)]
-MaxSkippedOpt = Annotated[Optional[int], typer.Option(
-    "--max-skipped-steps", help="With --on-nan skip: steps the run may skip in all before it "
-    "stops \\[default: 10].", show_default=False)]
-ProbeOpt = Annotated[Optional[bool], typer.Option(
-    "--probe/--no-probe", help="Train a linear probe on detached features alongside, logged "
-    "as probe_top1 \\[default: on when the data has labels].", show_default=False)]
-KnnEveryOpt = Annotated[Optional[int], typer.Option(
-    "--knn-every", help="Steps between kNN checks on held-out data, 0 for none, logged as "
-    "knn_top1 \\[default: once an epoch when held-out data is found].", show_default=False)]
-KnnDataOpt = Annotated[Optional[str], typer.Option(
-    "--knn-data", help="Held-out data for the kNN check: a folder with train/ and val/ "
-    "\\[default: demo for demo, DIR for a DIR/train beside a DIR/val].", show_default=False)]
+SeedOpt = Annotated[Optional[int], config_option(PretrainConfig, "seed")]
+WorkersOpt = Annotated[Optional[int], config_option(PretrainConfig, "workers")]
+StrictOpt = Annotated[Optional[bool], config_option(PretrainConfig, "strict",
+                                                    "--strict/--skip-bad")]
+CheckpointEveryOpt = Annotated[Optional[int], config_option(PretrainConfig, "checkpoint_every")]
+KeepOpt = Annotated[Optional[int], config_option(PretrainConfig, "keep_checkpoints")]
+OnNanOpt = Annotated[Optional[OnNan], config_option(PretrainConfig, "on_nan")]
+MaxSkippedOpt = Annotated[Optional[int], config_option(PretrainConfig, "max_skipped_steps")]
+ProbeOpt = Annotated[Optional[bool], config_option(PretrainConfig, "probe", "--probe/--no-probe")]
+KnnEveryOpt = Annotated[Optional[int], config_option(PretrainConfig, "knn_every")]
+KnnDataOpt = Annotated[Optional[str], config_option(PretrainConfig, "knn_data")]
+ConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--config", help="YAML or TOML file of settings (flags override it).", show_default=False)]
+
+
+def given_settings(settings_class: type, values: dict[str, Any]) -> Any:
+    """An instance of `settings_class` with the options the user gave (not None) over its
+    defaults; Enum choices become their values."""
+    names = {f.name for f in dataclasses.fields(settings_class)}
+    return settings_class(**{name: value.value if isinstance(value, Enum) else value
+                             for name, value in values.items()
+                             if name in names and value is not None})
 
 
 def device_and_workers(device: Device | None, workers: int | None) -> tuple[str, int]:
@@ -165,5 +164,3 @@ def write_json(path: Path, data: dict) -> None:
     from byol.checkpoint import atomic_write_text  # deferred: keeps --help fast
 
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-ConfigOpt = Annotated[Optional[Path], typer.Option(
-    "--config", help="YAML or TOML file of settings (flags override it).", show_default=False)]

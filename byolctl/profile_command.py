@@ -6,37 +6,26 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from byol.models import ENCODERS
+from byol.profiling.run import CPU_SETTINGS, ProfileSettings
 from byolctl.options import (
-    ArchOpt,
+    Arch,
     DeviceOpt,
     JsonOpt,
-    Precision,
     PrecisionOpt,
     WorkersOpt,
+    config_option,
     device_and_workers,
+    given_settings,
     writable_output_file,
     write_json,
 )
 from byolctl.render import console
 
-# Without a GPU the defaults shrink to what a CPU times in about a minute.
-CPU_DEFAULTS = {"arch": "resnet18", "batch_size": 32, "image_size": 32, "steps": 3,
-                "warmup": 1, "precision": "fp32", "compile": False}
 
-ProfileBatchOpt = Annotated[Optional[int], typer.Option(
-    "--batch-size", help="Images per step \\[default: 256; 32 on the CPU].", show_default=False)]
-ProfileSizeOpt = Annotated[Optional[int], typer.Option(
-    "--image-size", help="View side in pixels \\[default: 224; 32 on the CPU].",
-    show_default=False)]
-ProfileStepsOpt = Annotated[Optional[int], typer.Option(
-    "--steps", help="Timed training steps per variant \\[default: 20; 3 on the CPU].",
-    show_default=False)]
-ProfileCompileOpt = Annotated[Optional[bool], typer.Option(
-    "--compile/--no-compile", help="Include torch.compile variants \\[default: on with a GPU].",
-    show_default=False)]
-ProfileDataOpt = Annotated[Optional[str], typer.Option(
-    "--data", help="Also time the DALI pipeline on this image folder or shards.",
-    show_default=False)]
+def _profile_option(name: str, flags: str | None = None, **kwargs):
+    """The option for a ProfileSettings field, with its smaller default on the CPU."""
+    return config_option(ProfileSettings, name, flags, cpu_defaults=CPU_SETTINGS, **kwargs)
 
 
 def _png_file(path: Path | None) -> Path | None:
@@ -54,14 +43,15 @@ PlotOpt = Annotated[Optional[Path], typer.Option(
 
 
 def profile(
-    arch: ArchOpt = None,
-    batch_size: ProfileBatchOpt = None,
-    image_size: ProfileSizeOpt = None,
+    arch: Annotated[Optional[Arch], _profile_option("arch", choices=ENCODERS)] = None,
+    batch_size: Annotated[Optional[int], _profile_option("batch_size")] = None,
+    image_size: Annotated[Optional[int], _profile_option("image_size")] = None,
     precision: PrecisionOpt = None,
-    steps: ProfileStepsOpt = None,
+    steps: Annotated[Optional[int], _profile_option("steps")] = None,
     device: DeviceOpt = None,
-    compile: ProfileCompileOpt = None,
-    data: ProfileDataOpt = None,
+    compile: Annotated[Optional[bool], _profile_option(
+        "compile", "--compile/--no-compile")] = None,
+    data: Annotated[Optional[str], _profile_option("data")] = None,
     workers: WorkersOpt = None,
     json_file: JsonOpt = None,
     plot: PlotOpt = None,
@@ -69,18 +59,13 @@ def profile(
     """Time the loss, EMA and LARS in each implementation, whole training steps with eager
     and fused kernels (compiled and not), and optionally the data pipeline."""
     from byol.errors import UserError
-    from byol.profiling.run import ProfileSettings
     from byol.profiling.run import profile as run_profile
 
     device, workers = device_and_workers(device, workers)
     on_gpu = device == "cuda"
-    given = {"arch": arch.value if arch else None, "batch_size": batch_size,
-             "image_size": image_size, "steps": steps, "compile": compile,
-             "precision": precision.value if isinstance(precision, Precision) else None}
-    defaults = {} if on_gpu else CPU_DEFAULTS
-    settings = ProfileSettings(
-        **{**defaults, **{k: v for k, v in given.items() if v is not None}},
-        device=device, data=data, workers=workers)
+    given = {**({} if on_gpu else CPU_SETTINGS), **{
+        name: value for name, value in locals().items() if value is not None}}
+    settings = given_settings(ProfileSettings, {**given, "device": device, "workers": workers})
     if settings.batch_size < 1 or settings.image_size < 8 or settings.steps < 1:
         raise UserError("--batch-size and --steps must be at least 1, --image-size at least 8.")
     if not on_gpu:

@@ -6,15 +6,27 @@ summed votes. The weights are computed relative to the nearest neighbour's, exp(
 nearest) / temperature): the same ranking, without overflowing for small temperatures.
 """
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from byol.config import setting
+
+
+@dataclass
+class KnnSettings:
+    """How `byolctl eval knn` votes, and its batches."""
+
+    k: int = setting(200, "Neighbours that vote.")
+    temperature: float = setting(0.1, "Votes weigh exp(cosine similarity / temperature).")
+    batch_size: int = setting(256, "Images per batch, per process under torchrun.")
+
 
 @torch.no_grad()
 def knn_scores(train_features: Tensor, train_labels: Tensor, query_features: Tensor,
-               num_classes: int, k: int = 200, temperature: float = 0.1,
-               chunk: int = 1024) -> Tensor:
+               num_classes: int, k: int, temperature: float, chunk: int = 1024) -> Tensor:
     """(Q, num_classes) vote totals for each query. Features (N, D) and (Q, D), any scale;
     queries are processed `chunk` at a time to bound memory (chunk x N similarities)."""
     train = F.normalize(train_features.float(), dim=1)

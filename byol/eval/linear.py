@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from byol.config import setting
 from byol.runtime import autocast
 
 
@@ -25,16 +26,13 @@ from byol.runtime import autocast
 class LinearSettings:
     """The classifier's training settings."""
 
-    epochs: int = 90
-    """Passes over the training split."""
-    batch_size: int = 256
-    """Images (or features) per step."""
-    lr: float = 0.1
-    """Base learning rate per 256 images (scaled linearly with the batch size)."""
-    momentum: float = 0.9
-    """Nesterov momentum."""
-    seed: int = 0
-    """Seed for the classifier's initialization and the order of cached features."""
+    epochs: int = setting(90, "Classifier epochs: passes over the training split.")
+    batch_size: int = setting(256, "Images (or features) per step, per process under "
+                              "torchrun.")
+    lr: float = setting(0.1, "SGD (Nesterov) base learning rate per 256 images, cosine to 0.")
+    momentum: float = setting(0.9, "Nesterov momentum.")
+    seed: int = setting(0, "Seed for the classifier's initialization and the order of cached "
+                        "features.")
 
 
 class LinearTrainer:

@@ -30,7 +30,7 @@ from byol.data.labeled import LabeledLoader, Split, eval_splits
 from byol.errors import UserError
 from byol.eval.encoder import load_encoder
 from byol.eval.features import extract_features
-from byol.eval.knn import knn_scores, topk_accuracy
+from byol.eval.knn import KnnSettings, knn_scores, topk_accuracy
 from byol.eval.linear import LinearSettings, classify, train_on_features, train_on_images
 from byol.run_folder import (
     EVALUATIONS_FILE,
@@ -123,8 +123,10 @@ def _result(kind: str, checkpoint: Path, data: str, setup: Setup, train: Split, 
     }
 
 
-def evaluate_knn(checkpoint: Path, data: str, *, k: int = 200, temperature: float = 0.1,
-                 batch_size: int = 256, image_size: int | None = None, device: str = "cpu",
+def evaluate_knn(checkpoint: Path, data: str, *, k: int = KnnSettings.k,
+                 temperature: float = KnnSettings.temperature,
+                 batch_size: int = KnnSettings.batch_size, image_size: int | None = None,
+                 device: str = "cpu",
                  precision: str | None = None, workers: int = 4,
                  on_progress: Progress | None = None) -> dict[str, Any]:
     """Weighted kNN top-1/top-5 (%) of the val split against the train split's features.

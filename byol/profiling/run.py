@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from byol.config import setting
 from byol.presets import resolve_config
 from byol.profiling.environment import bf16_peak, environment
 from byol.profiling.ops import byol_shapes, implementations, rows_as_dicts, time_ops
@@ -25,22 +26,25 @@ from byol.profiling.step import flops_per_image, time_data, time_steps
 class ProfileSettings:
     """What to profile."""
 
-    arch: str = "resnet50"
-    projector_hidden: int = 4096
-    projector_dim: int = 256
-    """Width of the projections, and so of the loss's inputs."""
-    batch_size: int = 256
-    image_size: int = 224
-    precision: str = "bf16"
-    steps: int = 20
-    """Timed training steps per variant (after `warmup` untimed ones)."""
-    warmup: int = 5
-    device: str = "cuda"
-    compile: bool = True
-    """Include torch.compile variants (compiled foreach, compiled loss, compiled steps)."""
-    data: str | None = None
-    """Also time the two-view DALI pipeline on this source."""
-    workers: int = 8
+    arch: str = setting("resnet50", "Encoder architecture (torchvision ResNet).")
+    projector_hidden: int = setting(4096, "Hidden width of the projector and predictor.")
+    projector_dim: int = setting(256, "Width of the projections, and so of the loss's inputs.")
+    batch_size: int = setting(256, "Images per step.")
+    image_size: int = setting(224, "View side in pixels.")
+    precision: str = setting("bf16", "bf16 autocast or fp32.")
+    steps: int = setting(20, "Timed training steps per variant (after the untimed warmup).")
+    warmup: int = setting(5, "Untimed training steps per variant first (they compile).")
+    device: str = setting("cuda", "Where to run.")
+    compile: bool = setting(True, "Include torch.compile variants (compiled foreach, compiled "
+                            "loss, compiled steps).")
+    data: str | None = setting(None, "Also time the two-view DALI pipeline on this image "
+                               "folder or shards.")
+    workers: int = setting(8, "DALI CPU threads.")
+
+
+# Without a GPU the defaults shrink to what a CPU times in about a minute.
+CPU_SETTINGS = {"arch": "resnet18", "batch_size": 32, "image_size": 32, "steps": 3,
+                "warmup": 1, "precision": "fp32", "compile": False}
 
 
 def profile(settings: ProfileSettings,
