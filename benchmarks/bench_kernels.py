@@ -5,10 +5,12 @@ foreach and fused Triton kernels, side by side, against the measured copy bandwi
     python benchmarks/bench_kernels.py --device cpu --arch resnet18 --loss-batch 512
 
 Every implementation is first checked against `kernels.reference` on these sizes, with the
-kernel tests' tolerances (checks.py), then timed (`triton.testing.do_bench` on the GPU; the
-median of a few calls on the CPU); see `byol.profiling.ops` for the bytes each operation counts.
-The fused kernels need a GPU; on the CPU they are skipped. The result, with the verdicts of the
-kernel targets (targets.py), goes to benchmarks/results/.
+kernel tests' per-dtype tolerances (`kernels.tolerances`, applied by checks.py), and any
+mismatch stops the run; then each is timed (`triton.testing.do_bench` on the GPU; the median of
+a few calls on the CPU); see `byol.profiling.ops` for the bytes each operation counts. The
+fused kernels need a GPU; on the CPU they are skipped. The result, with the verdicts of the
+kernel targets (benchmarks/targets.py; docs/profiling.md#performance-targets), goes to
+benchmarks/results/.
 """
 
 import argparse

@@ -1,6 +1,7 @@
-"""The bad-input corpus (tests/corpus, described in its README): each file gets its documented
-behaviour - it trains, it is skipped and counted, or the command says in one line what to do
-and exits with status 2. Never a traceback, and nothing already written is changed."""
+"""The bad-input corpus (tests/corpus, described in docs/runs.md#bad-input): each file gets its
+documented behaviour - it trains, it is skipped and counted, or the command says in one line
+what to do and exits with status 2. Never a traceback, and nothing already written is
+changed."""
 
 import hashlib
 import json

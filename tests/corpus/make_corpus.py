@@ -4,7 +4,8 @@ committed, so that a reader can open them and `byolctl data check` can be tried 
     python tests/corpus/make_corpus.py
 
 images/ is a `<class>/<image>` folder: `good` holds plain JPEGs, `odd` files that are unusual
-but valid, `broken` files no decoder can use. README.md says what byolctl does with each.
+but valid, `broken` files no decoder can use. docs/runs.md#bad-input says what byolctl does
+with each.
 """
 
 import io
