@@ -41,6 +41,7 @@ def build_trainer(config: PretrainConfig, run_dir: Path,
     processes = distributed.current()
     device = process_device(config.device, processes.local_rank, processes.enabled)
     ops.require_backend(config.kernels, device)
+    ops.require_loss_width(config.model.projector_dim, config.kernels)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
 
     loader = build_loader(config, device, processes.rank, processes.world_size)

@@ -138,6 +138,14 @@ def mean_across_ranks_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def max_across_ranks_(tensor: torch.Tensor) -> torch.Tensor:
+    """In place: the maximum of `tensor` over all ranks, on its device (queued on a GPU: the
+    host does not wait)."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def any_rank(*flags: bool) -> list[bool]:
     """For each flag, whether it is set on any rank; on the CPU control group, so it never
     waits for the GPU."""

@@ -70,20 +70,25 @@ FLUSH_SECONDS = 1.0
 class StepMetrics:
     """The metrics of the steps since the last write, and their throughput.
 
-    Each step adds device tensors (averaged over the ranks when written) and host numbers
-    (lr, tau); kNN checks add their accuracies to the record of their step. `flush` reads them
-    back in one sync and logs them on rank 0. Time spent in `paused()` (checks, checkpoints)
-    does not count as training time. Used as a context manager: on a UserError in a single
-    process the steps done so far are still written; the log is closed either way.
+    Each step adds device tensors (averaged over the ranks when written), among them its
+    non-finite flag `skipped` (see `byol.nan_policy`), and host numbers (lr, tau); kNN checks
+    add their accuracies to the record of their step. `flush` reads them back in one sync,
+    hands each flagged step to `on_flagged` (which applies the policy) and logs the others on
+    rank 0. Time spent in `paused()` (checks, checkpoints) does not count as training time.
+    Used as a context manager: on a UserError in a single process the steps done so far are
+    still written; the log is closed either way.
     """
 
     def __init__(self, run_dir: Path | None, start_step: int, steps_per_epoch: int,
-                 images_per_step: int, writing: Callable[[], contextlib.AbstractContextManager]):
+                 images_per_step: int, writing: Callable[[], contextlib.AbstractContextManager],
+                 on_flagged: Callable[[int], dict[str, int]], counts: dict[str, int]):
         """run_dir: None on the ranks that do not log. writing: wraps each write (see
-        `Checkpointer.writing`)."""
+        `Checkpointer.writing`). on_flagged: gets the 1-based step of each flagged step, in
+        order; raises to stop the run, or returns the counts every later record carries
+        (`counts` until then)."""
         self.log = MetricsLog(run_dir, start_step) if run_dir is not None else None
         self.steps_per_epoch, self.images_per_step = steps_per_epoch, images_per_step
-        self.writing = writing
+        self.writing, self.on_flagged, self.counts = writing, on_flagged, counts
         self.pending: list[tuple[int, dict[str, Any]]] = []  # (0-based step, its metrics)
         self.checks: dict[int, dict[str, float]] = {}  # 0-based step -> kNN accuracies
         self.window_start = time.perf_counter()
@@ -114,22 +119,14 @@ class StepMetrics:
         return distributed.any_rank(time.perf_counter() - self.window_start >= FLUSH_SECONDS)[0]
 
     def flush(self, on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
-        """Read the pending steps back (one sync), average them over the ranks and log each
-        on rank 0 with its checks; `on_progress` gets the newest record."""
+        """Read the pending steps back (one sync), average them over the ranks, apply the
+        non-finite policy to flagged steps and log the others on rank 0 with their checks;
+        `on_progress` gets the newest record. A UserError of the policy comes after the
+        steps before the flagged one are logged."""
         if not self.pending and not self.checks:
             return
         seconds = time.perf_counter() - self.window_start
-        records: dict[int, dict[str, Any]] = {}
-        if self.pending:
-            images_per_s = len(self.pending) * self.images_per_step / seconds
-            devices = [name for name, value in self.pending[0][1].items()
-                       if isinstance(value, torch.Tensor)]
-            values = torch.stack([torch.stack([m[n].float() for n in devices])
-                                  for _, m in self.pending])
-            values = distributed.mean_across_ranks_(values).tolist()
-            for (step, metrics), row in zip(self.pending, values):
-                records[step] = {"step": step + 1, "epoch": self._epoch(step), **metrics,
-                                 **dict(zip(devices, row)), "images_per_s": images_per_s}
+        records, stopped = self._records(self.pending, seconds)
         for step, accuracy in self.checks.items():
             records.setdefault(step, {"step": step + 1, "epoch": self._epoch(step)})
             records[step].update(accuracy)
@@ -138,12 +135,39 @@ class StepMetrics:
                 for step in sorted(records):
                     self.log.write(records[step])
                 self.log.flush()
-        newest = self.pending[-1][0] if self.pending else None
         self.pending, self.checks, self.window_start = [], {}, time.perf_counter()
-        if newest is not None:  # None: only a kNN check on a skipped step
-            self.last_record = records[newest]
+        if stopped is not None:
+            raise stopped
+        logged = [step for step in sorted(records) if "loss" in records[step]]
+        if logged:  # none: only kNN checks, or only flagged steps
+            self.last_record = records[logged[-1]]
             if on_progress is not None:
                 on_progress(self.last_record)
+
+    def _records(self, pending: list[tuple[int, dict[str, Any]]],
+                 seconds: float) -> tuple[dict[int, dict[str, Any]], UserError | None]:
+        """The records of the pending steps that were applied, up to the first step whose
+        policy stops the run (and that UserError)."""
+        if not pending:
+            return {}, None
+        images_per_s = len(pending) * self.images_per_step / seconds
+        devices = [name for name, value in pending[0][1].items()
+                   if isinstance(value, torch.Tensor)]
+        values = torch.stack([torch.stack([m[n].float() for n in devices]) for _, m in pending])
+        values = distributed.mean_across_ranks_(values).tolist()
+        records = {}
+        for (step, metrics), row in zip(pending, values):
+            read = dict(zip(devices, row))
+            if read.pop("skipped"):
+                try:
+                    self.counts = self.on_flagged(step + 1)
+                except UserError as error:
+                    return records, error
+                continue
+            host = {name: value for name, value in metrics.items() if name not in devices}
+            records[step] = {"step": step + 1, "epoch": self._epoch(step), **read, **host,
+                             "images_per_s": images_per_s, **self.counts}
+        return records, None
 
     def _epoch(self, step: int) -> float:
         """The epoch reached at the end of (0-based) `step`."""

@@ -49,15 +49,19 @@ class LinearProbe(nn.Module):
                                             nn.Linear(feature_dim, num_classes))
         self.optimizer = torch.optim.Adam(self.classifier.parameters(), lr=PROBE_LR)
 
-    def step(self, features: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    def step(self, features: Tensor, labels: Tensor,
+             skipped: Tensor | None = None) -> dict[str, Tensor]:
         """Train one step on (B, D) features; returns its loss and batch top-1 (%) as device
-        tensors."""
+        tensors. Where the BYOL step's device flag `skipped` is set, its gradients are zeroed
+        (on the device, NaN-safe), so non-finite features teach the probe nothing."""
         logits = self.classifier(features.detach().float())
         loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for parameter in self.classifier.parameters():  # the same probe on every rank
             distributed.mean_across_ranks_(parameter.grad)
+            if skipped is not None:
+                parameter.grad.masked_fill_(skipped.bool(), 0.0)
         self.optimizer.step()
         top1 = (logits.argmax(dim=1) == labels).float().mean() * 100
         return {"probe_loss": loss.detach(), "probe_top1": top1.detach()}

@@ -46,6 +46,15 @@ def require_backend(backend: str, device: torch.device) -> None:
         raise UserError("--kernels fused needs a CUDA GPU; on the CPU use --kernels eager.")
 
 
+def require_loss_width(width: int, backend: str) -> None:
+    """UserError unless the loss implementation takes projections `width` wide (the fused
+    kernel holds a row in registers: at most `kernels.loss.MAX_DIM`)."""
+    limit = _fused("loss").MAX_DIM if backend == "fused" else None
+    if limit is not None and width > limit:
+        raise UserError(f"--kernels fused takes a projector_dim of at most {limit}, not "
+                        f"{width}; use --kernels eager or a smaller projector_dim.")
+
+
 def _triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -69,8 +78,10 @@ def byol_loss(
 
 # --------------------------------------------------------------------------------- the EMA
 
-def ema_update_(target: FlatBuffer, online: FlatBuffer, tau: float, backend: str) -> None:
-    """target <- tau * target + (1 - tau) * online, in place.
+def ema_update_(target: FlatBuffer, online: FlatBuffer, tau: float, backend: str,
+                skip: Tensor | None = None) -> None:
+    """target <- tau * target + (1 - tau) * online, in place; nothing where the one-element
+    device flag `skip` is nonzero (read on the device, never by the host).
 
     `target` holds the target parameters; `online` holds the matching online parameters first
     (then, possibly, others such as the predictor's, which are ignored).
@@ -78,9 +89,9 @@ def ema_update_(target: FlatBuffer, online: FlatBuffer, tau: float, backend: str
     if not target.has_layout_of(online):
         raise ValueError("the target buffer's layout does not match the online buffer's start")
     if backend == "fused":
-        _fused("ema").ema_update_(target.data, online.data[: target.data.numel()], tau)
+        _fused("ema").ema_update_(target.data, online.data[: target.data.numel()], tau, skip)
     else:
-        reference.ema_update_(target.views, online.views[: len(target.views)], tau)
+        reference.ema_update_(target.views, online.views[: len(target.views)], tau, skip)
 
 
 # --------------------------------------------------------------------------------- LARS
@@ -98,9 +109,11 @@ class LarsTensors:
 
 
 def lars_step_(tensors: LarsTensors, *, lr: float, weight_decay: float, momentum: float,
-               eta: float, clip: bool, backend: str) -> None:
-    """One LARS step in place on params and momenta; see `kernels.reference.lars_step_`."""
-    hyper = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta, clip=clip)
+               eta: float, clip: bool, backend: str, skip: Tensor | None = None) -> None:
+    """One LARS step in place on params and momenta, or none where the device flag `skip` is
+    nonzero; see `kernels.reference.lars_step_`."""
+    hyper = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta, clip=clip,
+                 skip=skip)
     if backend == "fused":
         lars = _fused("lars")
         if tensors.table is None:

@@ -56,11 +56,12 @@ class LARS(torch.optim.Optimizer):
         self.flat.grads.data.zero_()
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None, skip: torch.Tensor | None = None):
+        """One LARS step, or none where the one-element device flag `skip` is nonzero."""
         group = self.param_groups[0]
         ops.lars_step_(self.flat, lr=group["lr"], weight_decay=group["weight_decay"],
                        momentum=group["momentum"], eta=group["eta"], clip=group["clip"],
-                       backend=self.backend)
+                       backend=self.backend, skip=skip)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load as usual, then copy the momenta back into the flat buffer (the base class

@@ -73,10 +73,10 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- the loop
 
-    def train_step(self, batch: TwoViewBatch) -> dict[str, Any] | None:
+    def train_step(self, batch: TwoViewBatch) -> dict[str, Any]:
         """One optimizer step on `batch`; returns its metrics (device tensors and host
-        numbers), or None when the loss or a gradient was not finite and nothing was applied
-        (see `byol.nan_policy`)."""
+        numbers). Where the loss or a gradient is not finite, the device flag `skipped` is set
+        and nothing is applied, without the host waiting to know (see `byol.nan_policy`)."""
         lr, tau = self.lr_schedule[self.step], self.tau_schedule[self.step]
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -92,20 +92,16 @@ class Trainer:
 
         self.optimizer.zero_grad()  # in place: the gradients are views of one flat buffer
         loss.backward()
-        if not self.guard.all_finite(loss, self.optimizer.flat.grads.data):
-            self.optimizer.zero_grad()
-            self.guard.skip(self.step + 1, self.model, self.checkpointer)
-            self.step += 1  # its batch is spent: the schedules and the data move on
-            return None
-        self.optimizer.step()
+        skipped = self.guard.flag(loss, self.optimizer.flat.grads.data)
+        self.optimizer.step(skip=skipped)
         ops.ema_update_(self.target_params, self.optimizer.flat_params, tau,
-                        backend=self.config.kernels)
-        self.step += 1
+                        backend=self.config.kernels, skip=skipped)
+        self.step += 1  # a skipped step's batch is spent too: the schedules and data move on
 
         metrics = {"loss": loss.detach(), "collapse_std": collapse_std(projection_1),
-                   "lr": lr, "tau": tau, **self.guard.counts()}
+                   "skipped": skipped, "lr": lr, "tau": tau}
         if self.monitors.probe is not None:
-            metrics.update(self.monitors.probe.step(features_1, batch.labels))
+            metrics.update(self.monitors.probe.step(features_1, batch.labels, skipped))
         return metrics
 
     def fit(self, on_progress: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:
@@ -121,13 +117,12 @@ class Trainer:
         metrics = StepMetrics(self.run_dir if self.processes.is_main else None, self.step,
                               self.loader.steps_per_epoch,
                               self.config.batch_size * self.processes.world_size,
-                              self.checkpointer.writing)
+                              self.checkpointer.writing, self._flagged, self.guard.counts())
         with _stop_on_signals(self._stop), self._out_of_memory_explained(), metrics:
             # Every rank takes the same decisions at the same step: stop, write, check.
             while self.step < self.total_steps and not self._stop_requested():
                 step_metrics = self.train_step(next(batches))
-                if step_metrics is not None:
-                    metrics.add(self.step - 1, step_metrics)
+                metrics.add(self.step - 1, step_metrics)
                 if self.monitors.knn_due(self.step):
                     with metrics.paused():
                         metrics.add_check(self.step - 1,
@@ -153,6 +148,12 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         return distributed.any_rank(self._stop.is_set())[0]
+
+    def _flagged(self, step: int) -> dict[str, int]:
+        """Apply the non-finite policy to (1-based) `step`, read back flagged; the counts that
+        later records carry."""
+        self.guard.skipped_step(step, self.model, self.checkpointer)
+        return self.guard.counts()
 
     @contextlib.contextmanager
     def _out_of_memory_explained(self):

@@ -12,7 +12,8 @@ sums in its own slot. Launch 2 (update): each program adds up its tensor's parti
 order - deterministic, with no atomics - then updates its block. Parameters, gradients and
 momenta are flat buffers that share one layout; lr, wd, momentum and eta are runtime
 arguments, so no step recompiles or waits on the host. Traffic: 8 bytes per fp32 parameter in
-the first launch, 20 in the second.
+the first launch, 20 in the second. An optional device flag `skip` (set when the step's loss or
+gradients were not finite) makes the update launch write nothing, without a host read.
 """
 
 import torch
@@ -75,13 +76,17 @@ def _update_kernel(
     tensor_blocks_ptr,  # (tensors,) int32: number of blocks of each tensor
     excluded_ptr,      # (tensors,) int32: 1 = no weight decay, no trust scaling
     partial_ptr,       # (2, blocks) fp32 in: the norms kernel's partial sums
+    skip_ptr,          # () int32 in: nonzero = leave params and momenta untouched (HAS_SKIP)
     num_blocks,
     lr, weight_decay, momentum, eta,
     CLIP: tl.constexpr,  # rate = min(trust, lr) instead of lr * trust
+    HAS_SKIP: tl.constexpr,
     BLOCK: tl.constexpr, REDUCE: tl.constexpr,
 ):
     _, tensor, offsets, mask = _block_location(block_start_ptr, block_tensor_ptr,
                                                tensor_end_ptr, BLOCK)
+    if HAS_SKIP:
+        mask = mask & (tl.load(skip_ptr) == 0)
     # The tensor's squared norms, summed in the same order by each of its blocks.
     first = tl.load(first_block_ptr + tensor)
     count = tl.load(tensor_blocks_ptr + tensor)
@@ -120,11 +125,12 @@ def lars_table(numels: list[int], excluded: list[bool], device: torch.device | s
 @torch.no_grad()
 def lars_step_(params: Tensor, grads: Tensor, momenta: Tensor, table: BlockTable, *,
                lr: float, weight_decay: float, momentum: float, eta: float,
-               clip: bool = False) -> None:
+               clip: bool = False, skip: Tensor | None = None) -> None:
     """One LARS step in place on the flat `params` and `momenta`; `grads` is not modified.
 
     params, grads, momenta: 1-D contiguous buffers (fp32 or bf16) with `table.numel`
     elements, on a device Triton reaches (a GPU, or the CPU under TRITON_INTERPRET=1).
+    skip: None, or a one-element int32 tensor on that device; nonzero writes nothing.
     """
     for name, buffer in (("params", params), ("grads", grads), ("momenta", momenta)):
         if buffer.ndim != 1 or buffer.numel() != table.numel or not buffer.is_contiguous():
@@ -138,7 +144,8 @@ def lars_step_(params: Tensor, grads: Tensor, momenta: Tensor, table: BlockTable
     _norms_kernel[(blocks,)](params, grads, *layout, table.tensor_flag, partial, blocks,
                              float(weight_decay), BLOCK=table.block_size, num_warps=NUM_WARPS)
     _update_kernel[(blocks,)](params, grads, momenta, *layout, table.tensor_first_block,
-                              table.tensor_blocks, table.tensor_flag, partial, blocks,
+                              table.tensor_blocks, table.tensor_flag, partial,
+                              params if skip is None else skip, blocks,
                               float(lr), float(weight_decay), float(momentum), float(eta),
-                              CLIP=bool(clip), BLOCK=table.block_size, REDUCE=REDUCE,
-                              num_warps=NUM_WARPS)
+                              CLIP=bool(clip), HAS_SKIP=skip is not None,
+                              BLOCK=table.block_size, REDUCE=REDUCE, num_warps=NUM_WARPS)

@@ -36,11 +36,22 @@ def byol_loss(online_1: Tensor, online_2: Tensor, target_1: Tensor, target_2: Te
     return normalized_mse(online_1, target_2) + normalized_mse(online_2, target_1)
 
 
+def _unless(skip: Tensor | None, old: Tensor, new: Tensor) -> None:
+    """old <- new in place, unless the one-element device flag `skip` is nonzero: chosen on
+    the device (NaN-safe, unlike a multiply by 0), so the host never waits to read the flag."""
+    old.copy_(new if skip is None else torch.where(skip.bool(), old, new))
+
+
 @torch.no_grad()
-def ema_update_(target: Sequence[Tensor], online: Sequence[Tensor], tau: float) -> None:
-    """In place: target <- tau * target + (1 - tau) * online, for each pair of tensors."""
+def ema_update_(target: Sequence[Tensor], online: Sequence[Tensor], tau: float,
+                skip: Tensor | None = None) -> None:
+    """In place: target <- tau * target + (1 - tau) * online, for each pair of tensors;
+    nothing where the device flag `skip` (None, or one int32 element) is nonzero."""
     for t, o in zip(target, online, strict=True):
-        t.mul_(tau).add_(o, alpha=1.0 - tau)
+        if skip is None:
+            t.mul_(tau).add_(o, alpha=1.0 - tau)
+        else:
+            _unless(skip, t, t.mul(tau).add(o, alpha=1.0 - tau))  # the same rounding
 
 
 @torch.no_grad()
@@ -55,6 +66,7 @@ def lars_step_(
     momentum: float,
     eta: float,
     clip: bool = False,
+    skip: Tensor | None = None,
 ) -> None:
     """One step of LARS as in the official BYOL implementation, in place on params and momenta.
 
@@ -68,10 +80,12 @@ def lars_step_(
     lr * trust becomes min(eta * ||w|| / ||g||, lr): the trust ratio itself, capped at lr; as
     solo-learn's LARS does for the CIFAR numbers (lr 1.0, eta 0.02). Without the cap, a large
     eta over small BYOL gradients gives steps many times the global lr.
+
+    Where the device flag `skip` (None, or one int32 element) is nonzero, nothing is written.
     """
-    for w, g, mu, skip in zip(params, grads, momenta, excluded, strict=True):
+    for w, g, mu, plain in zip(params, grads, momenta, excluded, strict=True):
         update = g.float()
-        if not skip:
+        if not plain:
             update = update + weight_decay * w
             w_norm = torch.linalg.vector_norm(w)
             u_norm = torch.linalg.vector_norm(update)
@@ -81,8 +95,13 @@ def lars_step_(
                 capped = torch.clamp(trust / lr, max=1.0) if lr > 0 else torch.ones_like(trust)
                 trust = torch.where(valid, capped, trust)
             update = update * trust
-        mu.mul_(momentum).add_(update)
-        w.sub_(mu, alpha=lr)
+        if skip is None:
+            mu.mul_(momentum).add_(update)
+            w.sub_(mu, alpha=lr)
+        else:
+            new_mu = mu.mul(momentum).add(update)  # the same operations, the same rounding
+            _unless(skip, w, w.sub(new_mu, alpha=lr))
+            _unless(skip, mu, new_mu)
 
 
 def _direction_grad(p: Tensor, z: Tensor) -> Tensor:

@@ -47,3 +47,19 @@ def test_mismatched_buffers_are_refused():
     with pytest.raises(ValueError, match="1-D buffers of one size"):
         ema.ema_update_(random_tensors(1, 10, torch.float32)[0],
                         random_tensors(1, 11, torch.float32)[0], tau=0.5)
+
+
+@pytest.mark.parametrize("flag,moves", [(0, True), (1, False)])
+def test_a_set_skip_flag_leaves_the_target_untouched_in_both_implementations(flag, moves):
+    target, online = random_tensors(2, 3 * ema.BLOCK - 7, torch.float32)
+    online[5] = float("nan")  # what a skipped step may hold; never reaches the target
+    skip = torch.tensor(flag, dtype=torch.int32, device=target.device)
+    fused, per_tensor = target.clone(), [target.clone()]
+    ema.ema_update_(fused, online, tau=0.9, skip=skip)
+    reference.ema_update_(per_tensor, [online], tau=0.9, skip=skip)
+    for updated in (fused, per_tensor[0]):
+        assert torch.equal(updated, target) != moves
+    if moves:  # without the flag the same update as the plain call, to the bit
+        plain = target.clone()
+        reference.ema_update_([plain], [online], tau=0.9)
+        torch.testing.assert_close(per_tensor[0], plain, rtol=0, atol=0, equal_nan=True)

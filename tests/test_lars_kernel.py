@@ -123,3 +123,21 @@ def test_the_block_table_maps_blocks_to_their_tensors():
     assert table.tensor_blocks.tolist() == [1, 0, 3]
     assert table.tensor_flag.tolist() == [1, 0, 0]
     assert table.numel == 75
+
+
+@pytest.mark.parametrize("flag", [0, 1])
+def test_a_set_skip_flag_leaves_params_and_momenta_untouched_in_both_implementations(flag):
+    flat = Flat(SHAPES, torch.float32, seed=3)
+    flat.grads[7] = float("nan")  # a gradient a skipped step may hold
+    skip = torch.tensor(flag, dtype=torch.int32, device=KERNEL_DEVICE)
+    params, momenta = flat.params.clone(), flat.momenta.clone()
+    lars.lars_step_(params, flat.grads, momenta, flat.table(), **HYPER, skip=skip)
+    ref_params, ref_momenta = flat.params.clone(), flat.momenta.clone()
+    reference.lars_step_(flat.views(ref_params), flat.views(flat.grads),
+                         flat.views(ref_momenta), flat.excluded, **HYPER, skip=skip)
+    for new, old in ((params, flat.params), (momenta, flat.momenta),
+                     (ref_params, flat.params), (ref_momenta, flat.momenta)):
+        if flag:
+            assert torch.equal(new, old)
+        else:  # the NaN tensor's block is changed (to NaN) and every other moved
+            assert not torch.equal(new, old)
