@@ -78,6 +78,8 @@ class PretrainConfig:
                            default_text="the cores, at most 8")
     strict: bool = setting(False, "Stop at the first unreadable image instead of skipping and "
                            "listing it.")
+    in_memory: bool | None = setting(None, "Decode a small-image folder once and feed it from "
+                                     "memory.", default_text="on when it fits")
     checkpoint_every: int = setting(1000, "Steps between checkpoints (and one at the end).")
     keep_checkpoints: int = setting(3, "Step checkpoints to keep (last.pt names the newest).")
     probe: bool | None = setting(None, "Train a linear probe on detached features alongside, "

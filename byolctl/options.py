@@ -108,6 +108,8 @@ SeedOpt = Annotated[Optional[int], config_option(PretrainConfig, "seed")]
 WorkersOpt = Annotated[Optional[int], config_option(PretrainConfig, "workers")]
 StrictOpt = Annotated[Optional[bool], config_option(PretrainConfig, "strict",
                                                     "--strict/--skip-bad")]
+InMemoryOpt = Annotated[Optional[bool], config_option(PretrainConfig, "in_memory",
+                                                      "--in-memory/--no-in-memory")]
 CheckpointEveryOpt = Annotated[Optional[int], config_option(PretrainConfig, "checkpoint_every")]
 KeepOpt = Annotated[Optional[int], config_option(PretrainConfig, "keep_checkpoints")]
 OnNanOpt = Annotated[Optional[OnNan], config_option(PretrainConfig, "on_nan")]

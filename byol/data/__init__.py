@@ -6,6 +6,7 @@ import torch
 
 from byol.config import PretrainConfig
 from byol.data.loaders import RandomTensorLoader, TwoViewBatch, TwoViewLoader
+from byol.errors import UserError
 
 __all__ = ["TwoViewBatch", "TwoViewLoader", "build_loader"]
 
@@ -28,5 +29,9 @@ def build_loader(config: PretrainConfig, device: torch.device, rank: int = 0,
     if config.data == "demo":
         return demo_loader(**common)
     if is_shard_source(config.data):
+        if config.in_memory:  # the demo dataset is in memory already
+            raise UserError(f"--in-memory: --data {config.data} is shards, not an image "
+                            "folder; drop the flag.")
         return shards_loader(config.data, **common)
-    return folder_loader(Path(config.data), strict=config.strict, **common)
+    return folder_loader(Path(config.data), strict=config.strict,
+                         in_memory=config.in_memory, **common)

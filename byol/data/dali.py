@@ -11,7 +11,9 @@ random choice drawn per sample; the color jitter's adjustments come in a fixed o
 `_color_jitter`).
 """
 
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali import math as dmath
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
+from PIL import Image
 
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW_PROBABILITIES, blur_kernel_size
 from byol.data.demo_images import CLASSES as DEMO_CLASSES
@@ -166,7 +169,12 @@ class _InMemorySource:
 
 def in_memory_reader(images: torch.Tensor, labels: torch.Tensor, samples_per_epoch: int,
                      seed: int, shard_id: int, num_shards: int, on_gpu: bool):
-    """Decoded images held in memory, (N, 3, H, W) uint8, fed to DALI one sample at a time."""
+    """Decoded images held in memory, (N, 3, H, W) uint8, fed to DALI one sample at a time.
+
+    On a GPU too the images stay in host memory: DALI gathers each batch's samples into its
+    own pinned staging buffer and copies the batch to the device (`.gpu()`). Feeding
+    external_source from device memory (device="gpu", CUDA tensors) was not used: it is
+    untested here, and a batch of 32 x 32 images is a few MB per copy."""
     source = _InMemorySource(images.permute(0, 2, 3, 1).contiguous().numpy(),
                              labels.to(torch.int32).numpy(), samples_per_epoch, seed,
                              shard_id, num_shards)
@@ -214,6 +222,10 @@ class DaliLoader(TwoViewLoader):
         self.device = device
         self._dali_checkpoint: str | None = None
         self._iterator: DALIGenericIterator | None = None
+        # An image folder's loader reads its "files" or from "memory" (see folder_loader);
+        # switch_reads(loader, how), where set, changes that to resume a checkpoint.
+        self.reads: str | None = None
+        self.switch_reads = None
 
     def _build_iterator(self) -> DALIGenericIterator:
         pipeline = two_view_pipeline(**self._pipeline_args, checkpoint=self._dali_checkpoint)
@@ -244,11 +256,22 @@ class DaliLoader(TwoViewLoader):
         state = super().state_dict()
         if self._iterator is not None:
             state["dali"] = self._iterator.checkpoints()[0]
+        if self.reads is not None:
+            state["reads"] = self.reads
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self._dali_checkpoint = state.get("dali")
+        # A DALI checkpoint resumes only the pipeline that wrote it; checkpoints from before
+        # the in-memory path read their files.
+        saved = state.get("reads", "files")
+        if self.reads is not None and self._dali_checkpoint is not None and saved != self.reads:
+            if self.switch_reads is None:
+                raise UserError(f"This run's checkpoint read its images from "
+                                f"{'memory' if saved == 'memory' else 'their files'}; resume "
+                                "it without --in-memory/--no-in-memory.")
+            self.switch_reads(self, saved)
 
 
 def augmentation_seed(seed: int, rank: int) -> int:
@@ -264,11 +287,13 @@ def _decoder_failure(error: RuntimeError) -> str:
     return (following or lines or ["unknown error"])[0]
 
 
-def folder_loader(root: Path, *, strict: bool = False, rank: int = 0, world_size: int = 1,
-                  **kwargs) -> DaliLoader:
+def folder_loader(root: Path, *, strict: bool = False, in_memory: bool | None = None,
+                  rank: int = 0, world_size: int = 1, **kwargs) -> DaliLoader:
     """A DaliLoader over `root/<class>/<image>`. Files that cannot be read (see
     `byol.data.folders`) are skipped and listed in `skipped`; with `strict`, the first one is a
-    UserError. Other keyword arguments as `DaliLoader`."""
+    UserError. A folder of small images that fits in memory (see `small_image_reason`) is
+    decoded once and fed from memory, unless `in_memory` is False; True requires it. Other
+    keyword arguments as `DaliLoader`."""
     files, labels, classes = scan_image_folder(root)
     # DALI stops the whole pipeline at one unreadable file, so they are found first.
     skipped = find_problems(files)
@@ -282,12 +307,149 @@ def folder_loader(root: Path, *, strict: bool = False, rank: int = 0, world_size
         raise UserError(f"--data {root}: none of its {len(files)} images can be read; run "
                         "byolctl data check on it.")
     files, labels = map(list, zip(*usable))
-    read = folder_reader(files, labels, rank, world_size, kwargs["seed"],
-                         kwargs["device"].type == "cuda")
-    return DaliLoader(read, len(files), classes=classes, skipped=skipped,
-                      rank=rank, world_size=world_size, source=str(root),
-                      find_bad_image=f"Find it with: byolctl data check {root} (which decodes "
-                      "every image), move it out, and resume with --resume auto.", **kwargs)
+    reads = FolderReads(root, files, labels, skipped, strict, rank, world_size, kwargs)
+    why_not = None if in_memory is False else small_image_reason(files, kwargs["workers"])
+    if in_memory and why_not:
+        raise UserError(f"--in-memory: {why_not}; drop the flag to read the images from "
+                        "their files.")
+    loader = reads.loader("files" if in_memory is False or why_not else "memory", classes)
+    # Without --in-memory/--no-in-memory, a resumed run reads the way its checkpoint did.
+    loader.switch_reads = reads.switch if in_memory is None else None
+    return loader
+
+
+# Images at most this many pixels on a side, all of one size, are decoded once and kept in
+# memory (CIFAR's 32 x 32, STL's 96 x 96 not); above it, decoding is a small share of a step.
+IN_MEMORY_MAX_SIDE = 64
+# The decoded images may take at most this share of the available host memory, where they are
+# kept on a GPU as well (see `in_memory_reader`): the rest stays for DALI's buffers, the
+# trainer, other processes on the machine and the other ranks, each holding its own copy.
+IN_MEMORY_SHARE = 0.25
+
+
+def available_memory() -> int:
+    """Bytes of host memory available to a new allocation (Linux's MemAvailable)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
+
+
+def small_image_reason(files: list[str], workers: int = 1) -> str | None:
+    """Why `files` should not be decoded into memory, or None when they qualify: every image
+    of one size, at most IN_MEMORY_MAX_SIDE on a side (read from the headers), and the decoded
+    uint8 pixels at most IN_MEMORY_SHARE of the available host memory."""
+    first = _image_size(files[0])  # a folder of large images is turned down at its first
+    if max(first) > IN_MEMORY_MAX_SIDE:
+        return (f"its images are larger than {IN_MEMORY_MAX_SIDE}x{IN_MEMORY_MAX_SIDE} "
+                f"({files[0]} is {first[0]}x{first[1]})")
+    with ThreadPoolExecutor(max_workers=max(4, workers)) as pool:
+        for path, size in zip(files, pool.map(_image_size, files, chunksize=256)):
+            if size != first:
+                return (f"its images differ in size ({files[0]} is {first[0]}x{first[1]}, "
+                        f"{path} {size[0]}x{size[1]})")
+    need = len(files) * first[0] * first[1] * 3
+    budget = int(IN_MEMORY_SHARE * available_memory())
+    if need > budget:
+        return (f"its {len(files)} decoded images take {need / 2**20:.0f} MiB, more than "
+                f"{IN_MEMORY_SHARE:.0%} of the available memory ({budget / 2**20:.0f} MiB)")
+    return None
+
+
+def _decode_rgb(path: str) -> np.ndarray | str:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as error:
+        return f"corrupt image ({error})"
+
+
+def decode_folder(files: list[str], workers: int = 1
+                  ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """(images (N, H, W, 3) uint8, indices of `files` decoded, (path, reason) for those that
+    failed) of images of one size, decoded with Pillow on threads (its decoder releases the
+    GIL). An image that passed the quick check yet fails here is skipped as the quick check
+    skips, rather than stopping the run as it would in DALI."""
+    images, kept, failed = None, [], []
+    with ThreadPoolExecutor(max_workers=max(4, workers)) as pool:
+        for i, pixels in enumerate(pool.map(_decode_rgb, files, chunksize=64)):
+            if isinstance(pixels, str):
+                failed.append((files[i], pixels))
+                continue
+            if images is None:
+                images = np.empty((len(files), *pixels.shape), dtype=np.uint8)
+            images[len(kept)] = pixels
+            kept.append(i)
+    if images is None:
+        images = np.empty((0, 1, 1, 3), dtype=np.uint8)
+    return images[:len(kept)], kept, failed
+
+
+class FolderReads:
+    """The two ways a DaliLoader reads a folder's usable `files`: from the files, decoding
+    every epoch, or decoded once into memory (`in_memory_reader`)."""
+
+    def __init__(self, root: Path, files: list[str], labels: list[int],
+                 skipped: list[tuple[str, str]], strict: bool, rank: int, world_size: int,
+                 kwargs: dict):
+        self.root, self.files, self.labels, self.skipped = root, files, labels, skipped
+        self.strict, self.rank, self.world_size, self.kwargs = strict, rank, world_size, kwargs
+        self.on_gpu = kwargs["device"].type == "cuda"
+
+    def read(self, how: str):
+        """(read, has_reader, number of images, skipped) for `how`, "files" or "memory"."""
+        if how == "files":
+            return (folder_reader(self.files, self.labels, self.rank, self.world_size,
+                                  self.kwargs["seed"], self.on_gpu), True, len(self.files),
+                    self.skipped)
+        images, kept, failed = decode_folder(self.files, self.kwargs["workers"])
+        if failed and self.strict:
+            raise UserError(f"{failed[0][0]}: {failed[0][1]}; remove or replace it, or leave "
+                            "out --strict to skip such files.")
+        if not kept:
+            raise UserError(f"--data {self.root}: none of its images can be read; run "
+                            "byolctl data check on it.")
+        labels = torch.tensor([self.labels[i] for i in kept], dtype=torch.int32)
+        # (N, H, W, 3) seen as (N, 3, H, W): in_memory_reader's permute back is then no copy.
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
+        batch = self.kwargs["batch_size"]
+        per_shard = len(kept) // (batch * self.world_size) * batch
+        read = in_memory_reader(pixels, labels, per_shard, self.kwargs["seed"], self.rank,
+                                self.world_size, self.on_gpu)
+        skipped = sorted(self.skipped + failed, key=lambda problem: problem[0])
+        return read, False, len(kept), skipped
+
+    def loader(self, how: str, classes: list[str]) -> "DaliLoader":
+        read, has_reader, num_images, skipped = self.read(how)
+        loader = DaliLoader(read, num_images, classes=classes, skipped=skipped,
+                            has_reader=has_reader, rank=self.rank, world_size=self.world_size,
+                            source=str(self.root),
+                            find_bad_image=f"Find it with: byolctl data check {self.root} "
+                            "(which decodes every image), move it out, and resume with "
+                            "--resume auto.", **self.kwargs)
+        loader.reads = how
+        return loader
+
+    def switch(self, loader: "DaliLoader", how: str) -> None:
+        """Make `loader` read `how` (to resume a checkpoint that read so)."""
+        read, has_reader, num_images, skipped = self.read(how)
+        if num_images != loader.num_images:
+            raise UserError(f"--data {self.root}: this run's checkpoint read its images "
+                            f"from {'memory' if how == 'memory' else 'their files'}, where "
+                            f"{num_images} of them can be used instead of {loader.num_images};"
+                            " start a new run.")
+        loader._pipeline_args["read"] = read
+        loader._reader_name = READER if has_reader else None
+        loader.skipped, loader.reads = skipped, how
 
 
 def shards_loader(data: str, *, rank: int = 0, world_size: int = 1, **kwargs) -> DaliLoader:
