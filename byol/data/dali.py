@@ -24,6 +24,7 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 from PIL import Image
 
+from byol import distributed
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW_PROBABILITIES, blur_kernel_size
 from byol.data.demo_images import CLASSES as DEMO_CLASSES
 from byol.data.demo_images import demo_images
@@ -308,7 +309,11 @@ def folder_loader(root: Path, *, strict: bool = False, in_memory: bool | None = 
                         "byolctl data check on it.")
     files, labels = map(list, zip(*usable))
     reads = FolderReads(root, files, labels, skipped, strict, rank, world_size, kwargs)
-    why_not = None if in_memory is False else small_image_reason(files, kwargs["workers"])
+    # Every rank must read the same way (the two ways order and shard differently): rank 0
+    # decides, counting a copy for each process on its machine.
+    why_not = None if in_memory is False else distributed.decided_by_main(
+        lambda: small_image_reason(files, kwargs["workers"],
+                                   copies=int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     if in_memory and why_not:
         raise UserError(f"--in-memory: {why_not}; drop the flag to read the images from "
                         "their files.")
@@ -344,10 +349,10 @@ def _image_size(path: str) -> tuple[int, int]:
         return image.size
 
 
-def small_image_reason(files: list[str], workers: int = 1) -> str | None:
+def small_image_reason(files: list[str], workers: int = 1, copies: int = 1) -> str | None:
     """Why `files` should not be decoded into memory, or None when they qualify: every image
-    of one size, at most IN_MEMORY_MAX_SIDE on a side (read from the headers), and the decoded
-    uint8 pixels at most IN_MEMORY_SHARE of the available host memory."""
+    of one size, at most IN_MEMORY_MAX_SIDE on a side (read from the headers), and `copies` of
+    the decoded uint8 pixels at most IN_MEMORY_SHARE of the available host memory."""
     first = _image_size(files[0])  # a folder of large images is turned down at its first
     if max(first) > IN_MEMORY_MAX_SIDE:
         return (f"its images are larger than {IN_MEMORY_MAX_SIDE}x{IN_MEMORY_MAX_SIDE} "
@@ -357,11 +362,13 @@ def small_image_reason(files: list[str], workers: int = 1) -> str | None:
             if size != first:
                 return (f"its images differ in size ({files[0]} is {first[0]}x{first[1]}, "
                         f"{path} {size[0]}x{size[1]})")
-    need = len(files) * first[0] * first[1] * 3
+    need = len(files) * first[0] * first[1] * 3 * copies
     budget = int(IN_MEMORY_SHARE * available_memory())
     if need > budget:
-        return (f"its {len(files)} decoded images take {need / 2**20:.0f} MiB, more than "
-                f"{IN_MEMORY_SHARE:.0%} of the available memory ({budget / 2**20:.0f} MiB)")
+        held = f" ({copies} processes each holding a copy)" if copies > 1 else ""
+        return (f"its {len(files)} decoded images take {need / 2**20:.0f} MiB{held}, more "
+                f"than {IN_MEMORY_SHARE:.0%} of the available memory "
+                f"({budget / 2**20:.0f} MiB)")
     return None
 
 
