@@ -52,7 +52,7 @@ from byolctl.options import (
     WorkersOpt,
 )
 from byolctl.profile_command import profile
-from byolctl.render import console, print_error, training_progress
+from byolctl.render import console, print_error, print_warning, training_progress
 
 app = typer.Typer(
     name="byolctl",
@@ -160,6 +160,8 @@ def pretrain(
              f"batch {cfg.batch_size} x {processes} processes")
     console.print(f"Run folder: {trainer.run_dir}  ({cfg.model.arch}, {cfg.image_size} px, "
                   f"{batch}, {trainer.total_steps} steps, {cfg.device}, {cfg.precision})")
+    if not resumed_from:
+        _describe_preset(preset_name, settings, cfg.image_size)
     monitors = _describe_monitors(trainer)
     if monitors:
         console.print(monitors)
@@ -197,6 +199,23 @@ def pretrain(
                   f"Checkpoint: {summary.checkpoint}")
 
 
+def _describe_preset(named: str | None, settings: dict[str, Any], image_size: int) -> None:
+    """Say which preset a fresh run starts from and why, and warn when the image size is far
+    from the one the preset was made for (its stem and augmentations suit that size)."""
+    from byol.presets import PRESETS, default_preset
+
+    data = settings.get("data", "demo")
+    preset = named or default_preset(data)
+    why = "as asked" if named else ("the default for the demo data" if data == "demo" else
+                                    "the default for --data other than demo; --preset cifar "
+                                    "suits 32 px images")
+    console.print(f"Preset: {preset} ({why}).")
+    made_for = PRESETS[preset]["image_size"]
+    if not made_for / 2 <= image_size <= made_for * 2:
+        print_warning(f"--image-size {image_size} is far from the {preset} preset's "
+                      f"{made_for} px; choose the preset that suits the images (--preset).")
+
+
 def _describe_monitors(trainer) -> str | None:
     """One line on the probe and the kNN monitor, saying why the kNN monitor is off when
     labeled data has no held-out split beside it (the user may expect one)."""
@@ -206,7 +225,11 @@ def _describe_monitors(trainer) -> str | None:
         every = monitors.knn_every
         when = ("at the end" if every >= trainer.total_steps
                 else f"every {every} steps and at the end")
-        parts.append(f"kNN on {monitors.knn.data} {when}")
+        from byol.monitors import KNN_K, KNN_TRAIN_IMAGES, KNN_VAL_IMAGES
+
+        # Said in full: `eval knn` (k=200, every image) reads other numbers for one encoder.
+        parts.append(f"kNN on {monitors.knn.data} {when} (k={KNN_K}, at most "
+                     f"{KNN_TRAIN_IMAGES:,} train and {KNN_VAL_IMAGES:,} val images)")
     elif monitors.knn_unusable:
         parts.append(f"no kNN ({monitors.knn_unusable.rstrip('.')}; or name other held-out "
                      "data with --knn-data)")
