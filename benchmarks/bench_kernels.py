@@ -23,9 +23,32 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from checks import check_implementations  # noqa: E402
 from common import environment, save_result  # noqa: E402
-from targets import describe, verdicts  # noqa: E402
+from targets import Verdict, describe, verdicts  # noqa: E402
 
 from byol.profiling.ops import byol_shapes, implementations, rows_as_dicts, time_ops  # noqa: E402
+
+
+def measure(arch: str, shapes: tuple[list[torch.Size], list[torch.Size]],
+            loss_shape: tuple[int, int], loss_dtype: torch.dtype, device: torch.device,
+            compiled: bool) -> dict:
+    """Check, then time, every implementation of the three operations on (online, target)
+    parameter `shapes` (`byol_shapes(arch)`; `arch` names them in the result) and loss inputs of
+    `loss_shape` (batch, dim) in `loss_dtype`: the result, with the kernel targets' verdicts.
+    AssertionError, naming what differed, if an implementation disagrees with the reference."""
+    impls = implementations(shapes[0], device, fused=device.type == "cuda", compiled=compiled)
+    check_implementations(impls, shapes, loss_shape, loss_dtype, device)
+    copy_gb_per_s, rows = time_ops(impls, shapes, loss_shape, loss_dtype, device)
+    result = {
+        "benchmark": "kernels",
+        **environment(device),
+        "arch": arch, "online_parameters": sum(s.numel() for s in shapes[0]),
+        "target_parameters": sum(s.numel() for s in shapes[1]), "tensors": len(shapes[0]),
+        "loss_shape": list(loss_shape), "loss_dtype": str(loss_dtype).removeprefix("torch."),
+        "copy_gb_per_s": copy_gb_per_s,
+        "ops": rows_as_dicts(rows),
+    }
+    result["verdicts"] = [dataclasses.asdict(verdict) for verdict in verdicts(result)]
+    return result
 
 
 def main() -> None:
@@ -40,29 +63,15 @@ def main() -> None:
                         help="include the compiled variants")
     args = parser.parse_args()
     device = torch.device(args.device)
-    shapes = byol_shapes(args.arch)
-    loss_shape, loss_dtype = (args.loss_batch, args.loss_dim), getattr(torch, args.loss_dtype)
-    impls = implementations(shapes[0], device, fused=device.type == "cuda",
-                            compiled=args.compile)
-    check_implementations(impls, shapes, loss_shape, loss_dtype, device)
-    copy_gb_per_s, rows = time_ops(impls, shapes, loss_shape, loss_dtype, device)
-    result = {
-        "benchmark": "kernels",
-        **environment(device),
-        "arch": args.arch, "online_parameters": sum(s.numel() for s in shapes[0]),
-        "target_parameters": sum(s.numel() for s in shapes[1]), "tensors": len(shapes[0]),
-        "loss_shape": [args.loss_batch, args.loss_dim], "loss_dtype": args.loss_dtype,
-        "copy_gb_per_s": copy_gb_per_s,
-        "ops": rows_as_dicts(rows),
-    }
-    found = verdicts(result)
-    result["verdicts"] = [dataclasses.asdict(verdict) for verdict in found]
-    print(f"{device} copy bandwidth: {copy_gb_per_s:.0f} GB/s")
-    for row in rows:
-        print(f"{row.op:>5} {row.impl:>17}: {row.median_ms:9.3f} ms {row.gb_per_s:8.1f} GB/s "
-              f"{100 * row.share_of_copy:5.1f}% of copy {row.speedup:6.2f}x")
-    for verdict in found:
-        print(describe(verdict))
+    result = measure(args.arch, byol_shapes(args.arch), (args.loss_batch, args.loss_dim),
+                     getattr(torch, args.loss_dtype), device, args.compile)
+    print(f"{device} copy bandwidth: {result['copy_gb_per_s']:.0f} GB/s")
+    for row in result["ops"]:
+        print(f"{row['op']:>5} {row['impl']:>17}: {row['median_ms']:9.3f} ms "
+              f"{row['gb_per_s']:8.1f} GB/s {100 * row['share_of_copy']:5.1f}% of copy "
+              f"{row['speedup']:6.2f}x")
+    for verdict in result["verdicts"]:
+        print(describe(Verdict(**verdict)))
     print(f"saved {save_result(f'kernels-{args.arch}-{device.type}', result)}")
 
 

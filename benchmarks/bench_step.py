@@ -17,11 +17,42 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import bf16_peak, environment, save_result  # noqa: E402
-from targets import describe, verdicts  # noqa: E402
+from targets import Verdict, describe, verdicts  # noqa: E402
 
+from byol.config import PretrainConfig  # noqa: E402
 from byol.presets import resolve_config  # noqa: E402
 from byol.profiling.step import flops_per_image, time_steps  # noqa: E402
 from byol.runtime import runtime_defaults  # noqa: E402
+
+
+def step_config(settings: dict, warmup: int, steps: int) -> PretrainConfig:
+    """The config of a timed run: `settings` (flat config fields: arch, image_size,
+    batch_size, kernels, device, precision, compile, ...) on random data, without the probe
+    and the kNN monitor, the small stem up to 64 px, and this machine's defaults for the rest."""
+    overrides = {"data": "random", "steps": warmup + steps,
+                 "small_stem": settings["image_size"] <= 64, "probe": False, "knn_every": 0,
+                 **settings}
+    return resolve_config(None, {**runtime_defaults(overrides), **overrides})
+
+
+def measure(config: PretrainConfig, warmup: int, steps: int) -> dict:
+    """Time `steps` training steps of `config` (from `step_config`) after `warmup`: the result,
+    with model-FLOPs utilization and the verdicts of the whole-step targets that apply."""
+    timing = time_steps(config, warmup, steps)
+    image_flops = flops_per_image(config.model, config.image_size)
+    device = torch.device(config.device)
+    peak = bf16_peak(device)
+    result = {
+        "benchmark": "whole training step",
+        **environment(device),
+        "arch": config.model.arch, "image_size": config.image_size,
+        "batch_size": config.batch_size, "precision": config.precision, "timed_steps": steps,
+        **dataclasses.asdict(timing),
+        "gflop_per_image": image_flops / 1e9,
+        "mfu_bf16": timing.images_per_s * image_flops / peak if peak else None,
+    }
+    result["verdicts"] = [dataclasses.asdict(verdict) for verdict in verdicts(result)]
+    return result
 
 
 def main() -> None:
@@ -37,35 +68,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps")
     args = parser.parse_args()
 
-    overrides = {"data": "random", "arch": args.arch, "image_size": args.image_size,
-                 "batch_size": args.batch_size, "steps": args.warmup + args.steps,
-                 "small_stem": args.image_size <= 64, "probe": False, "knn_every": 0}
-    overrides.update({k: v for k, v in {"device": args.device, "precision": args.precision,
-                                        "compile": args.compile, "kernels": args.kernels}.items()
-                      if v is not None})
-    config = resolve_config(None, {**runtime_defaults(overrides), **overrides})
-    timing = time_steps(config, args.warmup, args.steps)
-    image_flops = flops_per_image(config.model, args.image_size)
-    device = torch.device(config.device)
-    peak = bf16_peak(device)
-    result = {
-        "benchmark": "whole training step",
-        **environment(device),
-        "arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size,
-        "precision": config.precision, "timed_steps": args.steps,
-        **dataclasses.asdict(timing),
-        "gflop_per_image": image_flops / 1e9,
-        "mfu_bf16": timing.images_per_s * image_flops / peak if peak else None,
-    }
-    found = verdicts(result)
-    result["verdicts"] = [dataclasses.asdict(verdict) for verdict in found]
+    settings = {"arch": args.arch, "image_size": args.image_size, "batch_size": args.batch_size}
+    settings.update({k: v for k, v in {"device": args.device, "precision": args.precision,
+                                       "compile": args.compile, "kernels": args.kernels}.items()
+                     if v is not None})
+    config = step_config(settings, args.warmup, args.steps)
+    result = measure(config, args.warmup, args.steps)
     slug = f"step-{args.arch}-{args.image_size}px-{config.kernels}-{config.device}"
     path = save_result(slug, result)
     for key, value in result.items():
         if key != "verdicts":
             print(f"{key:>18}: {value}")
-    for verdict in found:
-        print(describe(verdict))
+    for verdict in result["verdicts"]:
+        print(describe(Verdict(**verdict)))
     print(f"saved {path}")
 
 

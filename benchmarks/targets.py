@@ -3,12 +3,16 @@ a measured result.
 
     python benchmarks/targets.py profile.json      # written by `byolctl profile --json`
     python benchmarks/targets.py benchmarks/results/kernels-resnet50-cuda-20261122.json
+    python benchmarks/targets.py benchmarks/results/suite-cuda-DATE.json   # gpu_suite.py's
 
-A result is what `byolctl profile --json` writes (`environment`, `settings`, `ops`, `steps`)
-or what bench_kernels.py and bench_step.py save (the same numbers at the top level, and one
-timed step variant). A target gets a verdict only from a result that measured what it names:
-the kernel targets need the fused kernels (a GPU), the throughput targets their model, sizes
-and GPU. The standard library only, so that it runs wherever the JSON is.
+A result is what `byolctl profile --json` writes (`environment`, `settings`, `ops`, `steps`,
+`data_images_per_s`), what bench_kernels.py and bench_step.py save (the same numbers at the
+top level, and one timed step variant), or what gpu_suite.py saves (its summary in the
+profile's layout, with the peers' steps as `peers` rows). A target gets a verdict only from a
+result that measured what it names: the kernel targets need the fused kernels (a GPU), the
+throughput targets their model, sizes and GPU, the peer and data targets byolctl's fused and
+compiled step beside the peer or the pipeline. The standard library only, so that it runs
+wherever the JSON is.
 """
 
 import argparse
@@ -31,6 +35,10 @@ class Measured:
     """(op, implementation) -> its row: median_ms, share_of_copy, ..."""
     images_per_s: dict[tuple[str, bool], float]
     """(kernels, compiled) -> whole training steps' images/s (two views each)."""
+    peers: dict[str, float]
+    """library -> its training steps' images/s, timed in the result's precision."""
+    data_images_per_s: float | None
+    """The two-view data pipeline's images/s."""
 
 
 def measured(result: dict[str, Any]) -> Measured:
@@ -47,7 +55,10 @@ def measured(result: dict[str, Any]) -> Measured:
         settings=settings,
         ops={(row["op"], row["impl"]): row for row in result.get("ops", [])},
         images_per_s={(step["kernels"], step["compile"]): step["images_per_s"]
-                      for step in steps})
+                      for step in steps},
+        peers={row["library"]: row["images_per_s"] for row in result.get("peers", [])
+               if row["precision"] == settings.get("precision")},
+        data_images_per_s=result.get("data_images_per_s"))
 
 
 @dataclass(frozen=True)
@@ -64,9 +75,23 @@ class Verdict:
     """Where the target's numbers come from."""
 
 
-def _variant(variant: tuple[str, bool]) -> str:
+def variant_name(variant: tuple[str, bool]) -> str:
+    """A whole-step variant, (kernels, compiled), in words: "fused kernels, compiled"."""
     kernels, compiled = variant
     return f"{kernels} kernels, {'compiled' if compiled else 'not compiled'}"
+
+
+# The measurement a target judges, as each target's `about` names it (gpu_suite.py prints a
+# verdict on the line of that measurement).
+def kernel_about(op: str) -> str:
+    return f"{op} fused"
+
+
+def peer_about(library: str) -> str:
+    return f"peer {library}"
+
+
+DATA_ABOUT = "data pipeline"
 
 
 @dataclass(frozen=True)
@@ -100,6 +125,10 @@ class KernelTarget:
                        {"share_of_copy": share, f"speedup_vs_{self.baseline}": speedup},
                        wanted, self.source)
 
+    @property
+    def about(self) -> str:
+        return kernel_about(self.op)
+
 
 @dataclass(frozen=True)
 class FasterTarget:
@@ -118,8 +147,12 @@ class FasterTarget:
         fast, slow = found.images_per_s[self.faster], found.images_per_s[self.slower]
         return Verdict(self.name, fast > slow,
                        {"images_per_s": fast, "baseline_images_per_s": slow},
-                       f"{_variant(self.faster)}: more images/s than {_variant(self.slower)}",
-                       self.source)
+                       f"{variant_name(self.faster)}: more images/s than "
+                       f"{variant_name(self.slower)}", self.source)
+
+    @property
+    def about(self) -> str:
+        return variant_name(self.faster)
 
 
 @dataclass(frozen=True)
@@ -144,11 +177,70 @@ class ThroughputTarget:
         images_per_s = found.images_per_s[self.variant]
         return Verdict(self.name, images_per_s >= self.min_images_per_s,
                        {"images_per_s": images_per_s},
-                       f"{_variant(self.variant)}: at least {self.min_images_per_s:,.0f} images/s",
-                       self.source)
+                       f"{variant_name(self.variant)}: at least "
+                       f"{self.min_images_per_s:,.0f} images/s", self.source)
+
+    @property
+    def about(self) -> str:
+        return variant_name(self.variant)
 
 
-Target = KernelTarget | FasterTarget | ThroughputTarget
+# The byolctl step that the peer and data targets hold against: the one that trains.
+TRAINING_VARIANT = ("fused", True)
+
+
+@dataclass(frozen=True)
+class PeerTarget:
+    """byolctl's training step (fused kernels, compiled) against a peer library's, timed in the
+    same run on the same GPU, model, batch and precision: images/s over the peer's, at least."""
+
+    library: str
+    """As the result's `peers` rows name it: "lightly", "byol-pytorch"."""
+    min_ratio: float
+    source: str
+
+    def judge(self, found: Measured) -> Verdict | None:
+        """The verdict, or None where the result did not time both steps."""
+        ours, theirs = found.images_per_s.get(TRAINING_VARIANT), found.peers.get(self.library)
+        if ours is None or theirs is None:
+            return None
+        return Verdict(f"{self.library} side by side", ours / theirs >= self.min_ratio,
+                       {"images_per_s": ours, f"{self.library}_images_per_s": theirs,
+                        "ratio": ours / theirs},
+                       f"{variant_name(TRAINING_VARIANT)}: at least {self.min_ratio:g}x "
+                       f"{self.library}'s images/s", self.source)
+
+    @property
+    def about(self) -> str:
+        return peer_about(self.library)
+
+
+@dataclass(frozen=True)
+class DataTarget:
+    """The two-view pipeline delivers images faster than byolctl's training step (fused
+    kernels, compiled) consumes them, at the view size it names."""
+
+    image_size: int
+    source: str
+
+    def judge(self, found: Measured) -> Verdict | None:
+        """The verdict, or None where the result did not time both at that view size."""
+        consumed = found.images_per_s.get(TRAINING_VARIANT)
+        if (found.data_images_per_s is None or consumed is None
+                or found.settings.get("image_size") != self.image_size):
+            return None
+        return Verdict(f"data pipeline at {self.image_size} px", found.data_images_per_s > consumed,
+                       {"data_images_per_s": found.data_images_per_s,
+                        "images_per_s": consumed},
+                       f"more images/s than the step ({variant_name(TRAINING_VARIANT)}) "
+                       "consumes", self.source)
+
+    @property
+    def about(self) -> str:
+        return DATA_ABOUT
+
+
+Target = KernelTarget | FasterTarget | ThroughputTarget | PeerTarget | DataTarget
 
 TARGETS: tuple[Target, ...] = (
     KernelTarget("ema", baseline="foreach", min_speedup=1.0, min_share_of_copy=0.85,
@@ -178,6 +270,15 @@ TARGETS: tuple[Target, ...] = (
                      gpu="H100", min_images_per_s=20_000,
                      source=f"{DESIGN}: at least 20,000 images/s, 3x the 6,400 recorded "
                             "(bench_quality.py, 100 epochs), so 100 epochs take under 5 minutes"),
+    PeerTarget("lightly", min_ratio=1.5,
+               source=f"{DESIGN}: peers side by side on the same GPU, model and batch, at least "
+                      "1.5x lightly's training step"),
+    PeerTarget("byol-pytorch", min_ratio=2.0,
+               source=f"{DESIGN}: peers side by side on the same GPU, model and batch, at least "
+                      "2x byol-pytorch's training step"),
+    DataTarget(image_size=224,
+               source=f"{DESIGN}: the DALI pipeline on the GPU makes two 224 px views from "
+                      "ImageNet-sized JPEGs faster than the trainer consumes them"),
 )
 
 
@@ -200,8 +301,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Verdicts of the performance targets on measured results.")
     parser.add_argument("results", nargs="+", type=Path,
-                        help="JSON from `byolctl profile --json`, bench_kernels.py or "
-                             "bench_step.py (benchmarks/results/)")
+                        help="JSON from `byolctl profile --json`, bench_kernels.py, "
+                             "bench_step.py or gpu_suite.py (benchmarks/results/)")
     args = parser.parse_args(argv)
     for path in args.results:
         try:
@@ -218,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {describe(verdict)}\n    target from {verdict.source}")
         if not found:
             print("  no target applies: the kernel targets need the fused kernels (timed on a "
-                  "GPU), the others whole steps of their variants, model, sizes and GPU.")
+                  "GPU), the others whole steps of their variants, model, sizes and GPU, and "
+                  "the peer and data targets the fused, compiled step beside them.")
 
 
 if __name__ == "__main__":

@@ -127,3 +127,40 @@ def test_the_script_prints_the_verdicts_of_a_profile_json(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "loss kernel: NOT met (share_of_copy 0.1, speedup_vs_eager 1.5; wanted at least " \
            "2x eager)" in out
+
+
+def peer_row(library: str, images_per_s: float, precision: str = "bf16") -> dict:
+    return {"library": library, "precision": precision, "images_per_s": images_per_s}
+
+
+@pytest.mark.parametrize("lightly,met", [(1000.0, True), (1400.0, False)])
+def test_the_training_step_needs_1_5x_lightlys(lightly, met):
+    result = {**profile_result(steps=[step_row("fused", True, 1500.0)]),
+              "peers": [peer_row("lightly", lightly)]}
+    found = verdict(result, "lightly side by side")
+    assert found.met is met
+    assert found.measured["ratio"] == pytest.approx(1500.0 / lightly)
+
+
+@pytest.mark.parametrize("byol_pytorch,met", [(750.0, True), (800.0, False)])
+def test_the_training_step_needs_2x_byol_pytorchs(byol_pytorch, met):
+    result = {**profile_result(steps=[step_row("fused", True, 1500.0)]),
+              "peers": [peer_row("byol-pytorch", byol_pytorch)]}
+    assert verdict(result, "byol-pytorch side by side").met is met
+
+
+def test_peers_are_judged_in_the_results_precision_only_and_against_the_training_step():
+    in_fp32 = {**profile_result(steps=[step_row("fused", True, 1500.0)]),
+               "peers": [peer_row("lightly", 100.0, precision="fp32")]}
+    not_compiled = {**profile_result(steps=[step_row("fused", False, 1500.0)]),
+                    "peers": [peer_row("lightly", 100.0)]}
+    assert verdict(in_fp32, "lightly side by side") is None
+    assert verdict(not_compiled, "lightly side by side") is None
+
+
+@pytest.mark.parametrize("pipeline,met", [(2500.0, True), (1500.0, False)])
+def test_the_pipeline_at_224_px_must_outrun_the_training_step(pipeline, met):
+    result = {**profile_result(steps=[step_row("fused", True, 2000.0)]),
+              "data_images_per_s": pipeline}
+    assert verdict(result, "data pipeline at 224 px").met is met
+    assert verdict({**result, "settings": {"image_size": 32}}, "data pipeline at 224 px") is None
