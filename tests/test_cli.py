@@ -51,7 +51,9 @@ def test_the_defaults_pretrain_help_states_are_the_configs():
 def test_an_unknown_option_is_a_usage_error_with_status_2():
     result = runner.invoke(app, ["pretrain", "--learning-rate", "1"])
     assert result.exit_code == 2
-    assert "No such option" in result.output
+    assert "No such option: --learning-rate" in result.output
+    assert "Try 'byolctl pretrain --help' for help." in result.output
+    assert "Traceback" not in result.output
 
 
 def test_a_bad_value_is_one_line_with_status_2_and_no_traceback():
@@ -63,7 +65,10 @@ def test_a_bad_value_is_one_line_with_status_2_and_no_traceback():
 
 def test_an_unreadable_data_source_is_a_clean_error():
     result = runner.invoke(app, ["pretrain", "--data", "/no/such/folder", *TINY_FLAGS])
-    assert result.exit_code == 2 and "no such folder" in result.output
+    assert result.exit_code == 2
+    lines = result.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: /no/such/folder: no such folder")
+    assert "pass a folder of <class>/<image> files" in lines[0]
 
 
 def test_pretrain_runs_from_the_command_line_and_writes_its_run_folder(tmp_path):
@@ -148,11 +153,18 @@ def test_kernels_is_this_projects_package_not_a_namesake():
     assert kernels.IS_BYOLCTL_KERNELS
 
 
-@pytest.mark.parametrize("argv", [["pretrain", "--device", "tpu"],
-                                  ["pretrain", "--precision", "fp16"]])
-def test_choices_are_checked_before_anything_runs(argv):
+@pytest.mark.parametrize(("argv", "message"), [
+    (["pretrain", "--device", "tpu"], "'tpu' is not one of 'cuda', 'cpu'."),
+    (["pretrain", "--precision", "fp16"], "'fp16' is not one of 'bf16', 'fp32'."),
+])
+def test_choices_are_checked_before_anything_runs(argv, message):
     result = runner.invoke(app, argv)
-    assert result.exit_code == 2
+    assert result.exit_code == 2, result.output
+    words = " ".join(result.output.replace("│", " ").split())  # the box wraps the message
+    assert f"Invalid value for '{argv[1]}'" in words and message in words
+    assert "Try 'byolctl pretrain --help' for help." in words
+    assert "Traceback" not in result.output
+    assert not Path("runs").exists()  # nothing ran: no run folder
 
 
 def test_ctrl_c_while_the_command_loads_is_one_line_and_exit_1(capsys):

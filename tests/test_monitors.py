@@ -1,5 +1,6 @@
 """The linear probe and the kNN monitor during pretraining."""
 
+import copy
 import json
 import os
 import subprocess
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 from typer.testing import CliRunner
 
 from byol.errors import UserError
@@ -134,3 +137,53 @@ def test_the_probe_learns_separable_features_of_any_scale(scale):
         features = torch.relu(centers[labels] + 0.5 * torch.randn(64, 512, generator=generator))
         result = probe.step(scale * features, labels)
     assert result["probe_top1"] > 90 and result["probe_loss"] < 0.5
+
+
+def _probe_batches(count: int, feature_dim: int = 32, classes: int = 3):
+    generator = torch.Generator().manual_seed(0)
+    return [(torch.randn(16, feature_dim, generator=generator),
+             torch.randint(0, classes, (16,), generator=generator)) for _ in range(count)]
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    """Whether two (nested) state dicts hold equal values, tensors compared exactly."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.equal(a, b)
+    return a == b
+
+
+def test_a_probe_saved_in_an_older_layout_starts_anew():
+    # Checkpoints before 3b1bf30 held a bare Linear (no standardization) trained with SGD.
+    old = nn.Linear(32, 3)
+    sgd = torch.optim.SGD(old.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    for features, labels in _probe_batches(2):
+        sgd.zero_grad()
+        F.cross_entropy(old(features), labels).backward()
+        sgd.step()
+    probe, fresh = (LinearProbe(feature_dim=32, num_classes=3, seed=0) for _ in range(2))
+    probe.load_state_dict({"classifier": old.state_dict(), "optimizer": sgd.state_dict()})
+    # Its fresh weights, and a fresh Adam: no SGD settings or momentum taken over.
+    assert _same_state(probe.state_dict(), fresh.state_dict())
+    assert probe.optimizer.state_dict()["state"] == {}
+    for features, labels in _probe_batches(2):  # and it trains as a fresh probe does
+        assert _same_state(probe.step(features, labels), fresh.step(features, labels))
+    assert _same_state(probe.state_dict(), fresh.state_dict())
+
+
+def test_a_probe_saved_in_this_layout_is_loaded_exactly():
+    saved = LinearProbe(feature_dim=32, num_classes=3, seed=0)
+    for features, labels in _probe_batches(3):
+        saved.step(features, labels)
+    probe = LinearProbe(feature_dim=32, num_classes=3, seed=1)  # other initial weights
+    assert not _same_state(probe.state_dict(), saved.state_dict())
+    probe.load_state_dict(copy.deepcopy(saved.state_dict()))  # as read from a checkpoint
+    # The weights, the standardization's statistics, and Adam's moments and step count.
+    assert _same_state(probe.state_dict(), saved.state_dict())
+    assert probe.optimizer.state_dict()["state"][0]["exp_avg"].abs().sum() > 0
+    for features, labels in _probe_batches(2):  # it goes on as the saved probe would have
+        assert _same_state(probe.step(features, labels), saved.step(features, labels))
+    assert _same_state(probe.state_dict(), saved.state_dict())
