@@ -1,6 +1,13 @@
-"""The one exception type for mistakes a user can make (bad path, bad option, wrong file)."""
+"""The exception types for mistakes a user can make: bad input (bad path, bad option, wrong
+file), and an installation that imports the wrong module."""
 
 
 class UserError(Exception):
     """Bad input or usage. The message is one sentence saying what was wrong and what to do;
     the command line prints it without a traceback and exits with status 2."""
+
+
+class WrongModuleError(ImportError):
+    """An installed package of another project shadows one of ours (PyPI has an unrelated
+    `kernels`). The message is one sentence; the command line prints it without a traceback
+    and exits with status 1."""

@@ -18,11 +18,11 @@ import torch
 from torch import Tensor
 
 import kernels
-from byol.errors import UserError
+from byol.errors import UserError, WrongModuleError
 from byol.flat import FlatBuffer
 
 if not getattr(kernels, "IS_BYOLCTL_KERNELS", False):
-    raise ImportError(
+    raise WrongModuleError(
         f"The module 'kernels' found at {getattr(kernels, '__file__', '?')} is not byolctl's "
         "(another package of that name is installed); uninstall it or reinstall byolctl."
     )
