@@ -156,3 +156,11 @@ def test_a_corrupt_jpeg_is_skipped_and_listed_as_the_file_path_lists_it(small_fo
     assert len(labels) == 20 and labels.count(1) <= 7
     with pytest.raises(UserError, match="truncated"):
         _loader(small_folder, strict=True)
+
+
+def test_an_unreadable_header_leaves_the_folder_to_the_file_path(small_folder):
+    files = sorted(str(p) for p in small_folder.rglob("*.jpg"))
+    (small_folder / "a" / "zz-garbage.jpg").write_bytes(b"not an image at all")
+    reason = dali.small_image_reason([*files, str(small_folder / "a" / "zz-garbage.jpg")])
+    assert reason == f"the header of {small_folder / 'a' / 'zz-garbage.jpg'} cannot be read"
+    assert dali.small_image_reason(files) is None

@@ -344,9 +344,14 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _image_size(path: str) -> tuple[int, int]:
-    with Image.open(path) as image:
-        return image.size
+def _image_size(path: str) -> tuple[int, int] | None:
+    """(width, height) from the header; None when it cannot be read (the file path then
+    meets the image and reports it as it does for any folder)."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError):
+        return None
 
 
 def small_image_reason(files: list[str], workers: int = 1, copies: int = 1) -> str | None:
@@ -354,11 +359,15 @@ def small_image_reason(files: list[str], workers: int = 1, copies: int = 1) -> s
     of one size, at most IN_MEMORY_MAX_SIDE on a side (read from the headers), and `copies` of
     the decoded uint8 pixels at most IN_MEMORY_SHARE of the available host memory."""
     first = _image_size(files[0])  # a folder of large images is turned down at its first
+    if first is None:
+        return f"the header of {files[0]} cannot be read"
     if max(first) > IN_MEMORY_MAX_SIDE:
         return (f"its images are larger than {IN_MEMORY_MAX_SIDE}x{IN_MEMORY_MAX_SIDE} "
                 f"({files[0]} is {first[0]}x{first[1]})")
     with ThreadPoolExecutor(max_workers=max(4, workers)) as pool:
         for path, size in zip(files, pool.map(_image_size, files, chunksize=256)):
+            if size is None:
+                return f"the header of {path} cannot be read"
             if size != first:
                 return (f"its images differ in size ({files[0]} is {first[0]}x{first[1]}, "
                         f"{path} {size[0]}x{size[1]})")
