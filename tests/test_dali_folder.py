@@ -17,7 +17,9 @@ CPU = torch.device("cpu")
 
 
 def _loader(root, **kwargs):
-    args = dict(image_size=16, batch_size=8, seed=5, workers=1, device=CPU)
+    # The files path (DALI's reader and decoder): these small images would otherwise be read
+    # from memory, which tests/test_in_memory_data.py covers.
+    args = dict(image_size=16, batch_size=8, seed=5, workers=1, device=CPU, in_memory=False)
     return folder_loader(root, **{**args, **kwargs})
 
 
