@@ -5,46 +5,87 @@
 """
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from torch import Tensor, nn
 from torchvision import models
-from torchvision.models.resnet import ResNet
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from byol.config import ModelConfig
 from byol.errors import UserError
 
-# Encoder registry: name -> torchvision builder. Width multipliers apply to the bottleneck
-# models only (torchvision's `width_per_group`; BasicBlock supports just the standard width).
-ENCODERS: dict[str, Callable[..., ResNet]] = {
-    "resnet18": models.resnet18,
-    "resnet34": models.resnet34,
-    "resnet50": models.resnet50,
-    "resnet101": models.resnet101,
-    "resnet152": models.resnet152,
+# Block and blocks per stage of each encoder. torchvision builds all but resnet200, the paper's
+# deepest network, from the same parts.
+LAYOUTS: dict[str, tuple[type[nn.Module], list[int]]] = {
+    "resnet18": (BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (Bottleneck, [3, 4, 6, 3]),
+    "resnet101": (Bottleneck, [3, 4, 23, 3]),
+    "resnet152": (Bottleneck, [3, 8, 36, 3]),
+    "resnet200": (Bottleneck, [3, 24, 36, 3]),
 }
-BOTTLENECK_ENCODERS = frozenset({"resnet50", "resnet101", "resnet152"})
+# torchvision's wide ResNets double only the inner 3x3 layers of each bottleneck: another network
+# than the paper's ResNet-50 (2x), kept under torchvision's names.
+TORCHVISION_WIDE = {"wide_resnet50_2": models.wide_resnet50_2,
+                    "wide_resnet101_2": models.wide_resnet101_2}
+ENCODERS = (*LAYOUTS, *TORCHVISION_WIDE)
+STEM_CHANNELS = 64
+
+
+def resnet(arch: str, width: int = 1, small_stem: bool = False) -> ResNet:
+    """A randomly initialized torchvision ResNet, with its 1000-class fc.
+
+    `width` multiplies the channels of every layer, stem included, as the paper's ResNet-50
+    (2x)/(4x) and ResNet-200 (2x) do. `small_stem` swaps the 7x7 stride-2 stem and max-pool for a
+    3x3 stride-1 convolution: for 32-64 px images the ImageNet stem would shrink the input 4x
+    before the first block.
+    """
+    if arch not in ENCODERS:
+        raise UserError(f"Unknown architecture {arch!r}; choose one of {', '.join(ENCODERS)}.")
+    if arch in TORCHVISION_WIDE:
+        if width != 1:
+            raise UserError(f"{arch} has its own fixed widening; use --width with resnet50 "
+                            "and the like instead.")
+        model = TORCHVISION_WIDE[arch](weights=None)
+    else:
+        block, layers = LAYOUTS[arch]
+        model = ResNet(block, layers)
+        if width != 1:
+            _widen(model, block, layers, width)
+    if small_stem:
+        model.conv1 = nn.Conv2d(3, STEM_CHANNELS * width, kernel_size=3, stride=1, padding=1,
+                                bias=False)
+        model.maxpool = nn.Identity()
+    return model
+
+
+def _widen(model: ResNet, block: type[nn.Module], layers: list[int], width: int) -> None:
+    """Rebuild the stem and the four stages `width` times wider, initialized as torchvision
+    initializes a ResNet. torchvision's constructor fixes the stem at 64 channels; its
+    `_make_layer` builds a stage from `inplanes`, which it advances."""
+    stem = STEM_CHANNELS * width
+    model.conv1 = nn.Conv2d(3, stem, kernel_size=7, stride=2, padding=3, bias=False)
+    model.bn1 = nn.BatchNorm2d(stem)
+    model.inplanes = stem
+    for stage, blocks in enumerate(layers):
+        planes = stem * 2 ** stage
+        setattr(model, f"layer{stage + 1}",
+                model._make_layer(block, planes, blocks, stride=1 if stage == 0 else 2))
+    model.fc = nn.Linear(model.inplanes, model.fc.out_features)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
 
 def create_encoder(config: ModelConfig) -> tuple[ResNet, int]:
-    """A randomly initialized torchvision ResNet without its classifier, and its feature width.
+    """A randomly initialized ResNet without its classifier, and its feature width.
 
     The returned module maps (B, 3, H, W) images to (B, feature_dim) pooled features.
     """
-    if config.arch not in ENCODERS:
-        raise UserError(
-            f"Unknown architecture {config.arch!r}; choose one of {', '.join(ENCODERS)}."
-        )
-    if config.width != 1 and config.arch not in BOTTLENECK_ENCODERS:
-        raise UserError(
-            f"--width needs a bottleneck ResNet (resnet50 or deeper), not {config.arch}."
-        )
-    encoder = ENCODERS[config.arch](weights=None, width_per_group=64 * config.width)
-    if config.small_stem:
-        # For 32-64 px images the ImageNet stem (7x7 stride 2 + max-pool) would shrink the
-        # input 4x before the first block; keep full resolution instead.
-        encoder.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        encoder.maxpool = nn.Identity()
+    encoder = resnet(config.arch, config.width, config.small_stem)
     feature_dim = encoder.fc.in_features
     encoder.fc = nn.Identity()
     return encoder, feature_dim

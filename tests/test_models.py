@@ -1,16 +1,21 @@
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from byol import ops
 from byol.config import ModelConfig
 from byol.errors import UserError
 from byol.flat import flatten_parameters_
-from byol.models import BYOL, ENCODERS, create_encoder
+from byol.models import BYOL, ENCODERS, create_encoder, resnet
 from byol.optim import LARS
 
 FEATURES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048,
-            "resnet152": 2048}
+            "resnet152": 2048, "resnet200": 2048, "wide_resnet50_2": 2048,
+            "wide_resnet101_2": 2048}
+# Encoder parameters (no classifier) of the paper's networks, in millions, as its tables give them.
+PAPER_PARAMETERS = {("resnet50", 1): 24, ("resnet50", 2): 94, ("resnet50", 4): 375,
+                    ("resnet200", 2): 250}
 
 
 @pytest.mark.parametrize("arch", sorted(ENCODERS))
@@ -30,11 +35,43 @@ def test_small_stem_is_a_3x3_stride_1_conv_without_max_pool():
     assert imagenet.conv1.kernel_size == (7, 7)
 
 
-def test_width_multiplier_widens_bottlenecks_and_is_refused_for_basic_blocks():
-    wide, _ = create_encoder(ModelConfig(arch="resnet50", width=2))
-    assert wide.layer1[0].conv1.out_channels == 128
-    with pytest.raises(UserError, match="bottleneck"):
-        create_encoder(ModelConfig(arch="resnet18", width=2))
+def encoder_parameters(arch: str, width: int) -> int:
+    with torch.device("meta"):  # shapes only: the 4x network has 375M parameters
+        encoder, _ = create_encoder(ModelConfig(arch=arch, width=width))
+    return sum(p.numel() for p in encoder.parameters())
+
+
+@pytest.mark.parametrize(("arch", "width"), sorted(PAPER_PARAMETERS))
+def test_width_multiplier_gives_the_papers_networks(arch, width):
+    assert round(encoder_parameters(arch, width) / 1e6) == PAPER_PARAMETERS[arch, width]
+
+
+def test_width_multiplier_widens_every_layer_stem_included():
+    wide = resnet("resnet50", width=2)
+    assert wide.conv1.out_channels == wide.bn1.num_features == 128
+    assert wide.layer1[0].conv1.out_channels == 128  # the bottleneck's inner width
+    assert wide.layer4[-1].conv3.out_channels == wide.fc.in_features == 4096
+    small = resnet("resnet18", width=3, small_stem=True)
+    assert small.conv1.out_channels == 192 and small.fc.in_features == 1536
+    with torch.no_grad():
+        assert small(torch.randn(2, 3, 8, 8)).shape == (2, 1000)
+
+
+def test_width_1_is_torchvisions_network_parameter_for_parameter():
+    torch.manual_seed(0)
+    ours = resnet("resnet50").state_dict()
+    torch.manual_seed(0)
+    theirs = torchvision.models.resnet50().state_dict()
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[name], theirs[name]) for name in ours)
+
+
+def test_torchvisions_wide_resnets_keep_their_names_and_refuse_a_width():
+    assert encoder_parameters("wide_resnet50_2", 1) == sum(
+        p.numel() for name, p in torchvision.models.wide_resnet50_2().named_parameters()
+        if not name.startswith("fc."))
+    with pytest.raises(UserError, match="--width"):
+        create_encoder(ModelConfig(arch="wide_resnet50_2", width=2))
 
 
 def test_unknown_architecture_is_a_user_error():
