@@ -5,6 +5,7 @@ then command-line flags. Every layer speaks the same flat keys, the field names 
 """
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,11 +97,13 @@ class PretrainConfig:
                           "step (nothing applied).")
     max_skipped_steps: int = setting(10, "With --on-nan skip: steps the run may skip in all "
                                      "before it stops.")
+    log_every: float = setting(30.0, "Seconds between plain progress lines when the output "
+                               "is not a terminal (a log file, a batch job).")
 
 
 RUNTIME_FIELDS = frozenset({"device", "kernels", "compile", "workers", "strict",
                             "checkpoint_every", "keep_checkpoints", "probe", "knn_every",
-                            "knn_data", "on_nan", "max_skipped_steps"})
+                            "knn_data", "on_nan", "max_skipped_steps", "log_every"})
 MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig))
 TOP_FIELDS = frozenset(f.name for f in dataclasses.fields(PretrainConfig)) - {"model"}
 SETTING_NAMES = TOP_FIELDS | MODEL_FIELDS  # the flat keys a config accepts
@@ -184,6 +187,7 @@ def validate(config: PretrainConfig) -> None:
     for name in ("workers", "max_skipped_steps", "knn_every"):
         if (getattr(config, name) or 0) < 0:
             raise UserError(f"{name} must be 0 or more, got {getattr(config, name)}.")
+    check_log_every(config.log_every)
     if config.on_nan not in ON_NAN:
         raise UserError(f"on_nan must be one of {', '.join(ON_NAN)}, got {config.on_nan!r}.")
     if config.precision not in PRECISIONS:
@@ -196,3 +200,9 @@ def validate(config: PretrainConfig) -> None:
         raise UserError(f"tau_base must lie in [0, 1], got {config.tau_base}.")
     if config.batch_size < 2:
         raise UserError("batch_size must be at least 2: BatchNorm needs more than one image.")
+
+
+def check_log_every(seconds: float) -> None:
+    """UserError unless `seconds` (--log-every) is a finite number above 0."""
+    if not (isinstance(seconds, (int, float)) and 0 < seconds < math.inf):
+        raise UserError(f"--log-every must be a number of seconds above 0, got {seconds}.")

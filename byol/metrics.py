@@ -5,6 +5,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,16 @@ class MetricsLog:
         self.path = run_dir / METRICS_FILE
         _keep_records_up_to(self.path, start_step)
         self._file = open(self.path, "a", encoding="utf-8")
+        self._opened = time.monotonic()  # the start of this run, or of its resumption
         self._tensorboard = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR),
                                           purge_step=start_step + 1)
 
     def write(self, record: dict[str, Any]) -> None:
-        """One record: must hold an integer "step"; every other number is plotted."""
-        self._file.write(json.dumps(record) + "\n")
+        """One record: must hold an integer "step"; every other number is plotted. The file's
+        line also gets the wall-clock "time" (UTC, ISO 8601) and "elapsed_s" since opening."""
+        stamped = {**record, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "elapsed_s": round(time.monotonic() - self._opened, 1)}
+        self._file.write(json.dumps(stamped) + "\n")
         for name, value in record.items():
             if name != "step" and isinstance(value, (int, float)):
                 self._tensorboard.add_scalar(f"pretrain/{name}", value, record["step"])

@@ -33,6 +33,7 @@ from byolctl.options import (
     KernelsOpt,
     KnnDataOpt,
     KnnEveryOpt,
+    LogEveryOpt,
     LrOpt,
     MaxSkippedOpt,
     OnNanOpt,
@@ -52,7 +53,7 @@ from byolctl.options import (
     WorkersOpt,
 )
 from byolctl.profile_command import profile
-from byolctl.render import console, print_error, print_warning, training_progress
+from byolctl.render import console, pretrain_progress, print_error, print_warning
 
 app = typer.Typer(
     name="byolctl",
@@ -127,6 +128,7 @@ def pretrain(
     probe: ProbeOpt = None,
     knn_every: KnnEveryOpt = None,
     knn_data: KnnDataOpt = None,
+    log_every: LogEveryOpt = None,
     config: ConfigOpt = None,
 ):
     """Pretrain an encoder with BYOL. With no options: the demo preset on the built-in data."""
@@ -166,15 +168,8 @@ def pretrain(
     if monitors:
         console.print(monitors)
 
-    with training_progress() as progress:
-        task = progress.add_task("pretrain", total=trainer.total_steps,
-                                 completed=trainer.step, loss="-", std="-", speed="")
-
-        def on_progress(record: dict[str, Any]) -> None:
-            progress.update(task, completed=record["step"], loss=f"{record['loss']:.4f}",
-                            std=f"{record['collapse_std']:.4f}",
-                            speed=f"{record['images_per_s']:.0f} img/s")
-
+    with pretrain_progress(trainer.total_steps, trainer.step, trainer.loader.steps_per_epoch,
+                           cfg.log_every) as on_progress:
         summary = trainer.fit(on_progress)
 
     if summary.interrupted:

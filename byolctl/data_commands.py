@@ -7,8 +7,8 @@ import typer
 from rich.table import Column, Table
 
 from byolctl.errors import exits_cleanly
-from byolctl.options import JsonOpt, write_json
-from byolctl.render import console, plural
+from byolctl.options import JsonOpt, LogEveryOpt, log_every_seconds, write_json
+from byolctl.render import console, plural, task_progress
 
 data_app = typer.Typer(help="Check image datasets and write them as shards.",
                        no_args_is_help=True)
@@ -22,15 +22,16 @@ SHOWN_ROWS = 50
 
 @data_app.command("check", epilog="Example: byolctl data check /datasets/imagenet/train")
 @exits_cleanly
-def check(folder: FolderArg, json_file: JsonOpt = None, quick: QuickOpt = False):
+def check(folder: FolderArg, json_file: JsonOpt = None, quick: QuickOpt = False,
+          log_every: LogEveryOpt = None):
     """List the files of an image folder that cannot be trained on, and why.
 
     Exits 0 when every image is usable, 1 when some are not.
     """
     from byol.data.folders import check_folder  # deferred: keeps --help fast
 
-    with console.status(f"Checking {folder} ..."):
-        report = check_folder(folder, full=not quick)
+    with task_progress(log_every_seconds(log_every), f"Checking {folder} ...") as on_progress:
+        report = check_folder(folder, full=not quick, on_progress=on_progress)
     if report.problems:
         table = Table(Column("file", overflow="fold"), "problem",
                       title=plural(len(report.problems), "problem"))
@@ -59,7 +60,8 @@ ShardSizeOpt = Annotated[int, typer.Option("--shard-size", help="Images per shar
 @data_app.command("prepare",
                   epilog="Example: byolctl data prepare /datasets/imagenet/train /fast/in1k-shards")
 @exits_cleanly
-def prepare(folder: FolderArg, destination: DestinationArg, shard_size: ShardSizeOpt = 10_000):
+def prepare(folder: FolderArg, destination: DestinationArg, shard_size: ShardSizeOpt = 10_000,
+            log_every: LogEveryOpt = None):
     """Write an image folder as WebDataset tar shards, for data too large for many small files.
 
     Train on them with --data DESTINATION (all shards) or a quoted pattern such as
@@ -68,8 +70,9 @@ def prepare(folder: FolderArg, destination: DestinationArg, shard_size: ShardSiz
     """
     from byol.data.shards import prepare_shards  # deferred: keeps --help fast
 
-    with console.status(f"Writing shards of {folder} to {destination} ..."):
-        shards = prepare_shards(folder, destination, shard_size)
+    seconds = log_every_seconds(log_every)
+    with task_progress(seconds, f"Writing shards of {folder} to {destination} ...") as on_progress:
+        shards = prepare_shards(folder, destination, shard_size, on_progress=on_progress)
     console.print(f"Wrote {plural(shards.images, 'image')} of "
                   f"{plural(len(shards.classes), 'class')} in {plural(len(shards.paths), 'shard')} "
                   f"to {destination}.")

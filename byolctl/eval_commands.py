@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from byol.eval.knn import KnnSettings
@@ -14,14 +13,16 @@ from byolctl.errors import exits_cleanly
 from byolctl.options import (
     DeviceOpt,
     JsonOpt,
+    LogEveryOpt,
     PrecisionOpt,
     WorkersOpt,
     config_option,
     device_and_workers,
     given_settings,
+    log_every_seconds,
     write_json,
 )
-from byolctl.render import console, print_error, print_warning
+from byolctl.render import console, print_error, print_warning, task_progress
 
 eval_app = typer.Typer(help="Evaluate a pretrained encoder: kNN or a linear classifier.",
                        no_args_is_help=True)
@@ -56,28 +57,11 @@ def _runtime(device, workers: int | None, batch_size: int,
     return {"device": device, "workers": workers}
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console)
-
-
-def _run_with_progress(evaluate, **kwargs) -> dict[str, Any]:
-    """Call an evaluation with a rich progress bar per task it reports. The display starts
-    with the first task, so an error while loading leaves no empty line behind."""
-    progress, tasks = _progress(), {}
-
-    def on_progress(name: str, completed: int, total: int) -> None:
-        if not tasks:
-            progress.start()
-        if name not in tasks:
-            tasks[name] = progress.add_task(name, total=total)
-        progress.update(tasks[name], completed=completed)
-
-    try:
+def _run_with_progress(evaluate, log_every: float, **kwargs) -> dict[str, Any]:
+    """Call an evaluation with a progress bar per task it reports (in a terminal; else a
+    line every `log_every` seconds)."""
+    with task_progress(log_every) as on_progress:
         return evaluate(on_progress=on_progress, **kwargs)
-    finally:
-        if tasks:
-            progress.stop()
 
 
 def _report(result: dict[str, Any], checkpoint: Path, json_file: Path | None) -> None:
@@ -131,6 +115,7 @@ def knn(
     precision: PrecisionOpt = None,
     workers: WorkersOpt = None,
     json_file: JsonOpt = None,
+    log_every: LogEveryOpt = None,
 ):
     """Weighted kNN accuracy of the frozen online encoder's features (top-1 and top-5).
 
@@ -142,9 +127,10 @@ def knn(
     settings = given_settings(KnnSettings, locals())
     if settings.k < 1 or settings.temperature <= 0:
         raise UserError("--k must be at least 1 and --temperature positive.")
+    seconds = log_every_seconds(log_every)
     runtime = _runtime(device, workers, settings.batch_size, image_size)
     result = _run_with_progress(
-        evaluate_knn, checkpoint=checkpoint, data=data, k=settings.k,
+        evaluate_knn, seconds, checkpoint=checkpoint, data=data, k=settings.k,
         temperature=settings.temperature, batch_size=settings.batch_size,
         image_size=image_size, precision=precision and precision.value, **runtime)
     _report(result, checkpoint, json_file)
@@ -171,6 +157,7 @@ def linear(
     precision: PrecisionOpt = None,
     workers: WorkersOpt = None,
     json_file: JsonOpt = None,
+    log_every: LogEveryOpt = None,
 ):
     """Linear classification accuracy on the frozen online encoder (top-1 and top-5).
 
@@ -183,6 +170,7 @@ def linear(
     settings = given_settings(LinearSettings, locals())
     if settings.epochs < 1 or settings.lr <= 0:
         raise UserError("--epochs must be at least 1 and --lr positive.")
+    seconds = log_every_seconds(log_every)
     runtime = _runtime(device, workers, settings.batch_size, image_size)
     unfinished = linear_state_file(checkpoint)
     if protocol == Protocol.full and not resume and unfinished and unfinished.is_file():
@@ -190,7 +178,7 @@ def linear(
                       "would continue it).")
     try:
         result = _run_with_progress(
-            evaluate_linear, checkpoint=checkpoint, data=data, protocol=protocol.value,
+            evaluate_linear, seconds, checkpoint=checkpoint, data=data, protocol=protocol.value,
             settings=settings, image_size=image_size,
             precision=precision and precision.value, resume=resume, **runtime)
     except KeyboardInterrupt:

@@ -117,6 +117,7 @@ MaxSkippedOpt = Annotated[Optional[int], config_option(PretrainConfig, "max_skip
 ProbeOpt = Annotated[Optional[bool], config_option(PretrainConfig, "probe", "--probe/--no-probe")]
 KnnEveryOpt = Annotated[Optional[int], config_option(PretrainConfig, "knn_every")]
 KnnDataOpt = Annotated[Optional[str], config_option(PretrainConfig, "knn_data")]
+LogEveryOpt = Annotated[Optional[float], config_option(PretrainConfig, "log_every")]
 ConfigOpt = Annotated[Optional[Path], typer.Option(
     "--config", help="YAML or TOML file of settings (flags override it).", show_default=False)]
 
@@ -128,6 +129,16 @@ def given_settings(settings_class: type, values: dict[str, Any]) -> Any:
     return settings_class(**{name: value.value if isinstance(value, Enum) else value
                              for name, value in values.items()
                              if name in names and value is not None})
+
+
+def log_every_seconds(value: float | None) -> float:
+    """--log-every of a command without a config (eval, data): the given seconds, checked,
+    or pretraining's default."""
+    from byol.config import check_log_every
+
+    seconds = described(PretrainConfig, "log_every").default if value is None else value
+    check_log_every(seconds)
+    return seconds
 
 
 def device_and_workers(device: Device | None, workers: int | None) -> tuple[str, int]:

@@ -8,7 +8,7 @@ full one decodes every image, as `byolctl data check` does.
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,13 +79,23 @@ def _decode_problem(path: str, pixels: bool = True) -> str | None:
     return None
 
 
-def find_problems(files: Sequence[str], full: bool = False,
-                  threads: int = 16) -> list[tuple[str, str]]:
-    """(path, reason) for every unusable file, in the order of `files`. Reading is I/O bound,
-    so threads help even on few cores."""
+# on_progress(task, completed, total): e.g. ("images checked", 51200, 1281167).
+Progress = Callable[[str, int, int], None]
+
+
+def find_problems(files: Sequence[str], full: bool = False, threads: int = 16,
+                  on_progress: Progress | None = None) -> list[tuple[str, str]]:
+    """(path, reason) for every unusable file, in the order of `files`; `on_progress` hears
+    of each file checked. Reading is I/O bound, so threads help even on few cores."""
+    problems = []
     with ThreadPoolExecutor(max_workers=threads) as pool:
         reasons = pool.map(lambda f: image_problem(f, full), files, chunksize=64)
-        return [(f, reason) for f, reason in zip(files, reasons) if reason is not None]
+        for checked, (file, reason) in enumerate(zip(files, reasons), start=1):
+            if reason is not None:
+                problems.append((file, reason))
+            if on_progress is not None:
+                on_progress("images checked", checked, len(files))
+    return problems
 
 
 def _is_image_file(path: Path) -> bool:
@@ -131,9 +141,11 @@ class FolderReport:
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
 
-def check_folder(root: Path, full: bool = True) -> FolderReport:
+def check_folder(root: Path, full: bool = True,
+                 on_progress: Progress | None = None) -> FolderReport:
     """Every problem of an image folder: unreadable images (decoded in full unless `full` is
-    False), files that are not images, files outside class folders, empty class folders."""
+    False), files that are not images, files outside class folders, empty class folders.
+    `on_progress` hears of each image checked."""
     files, _, classes = scan_image_folder(root)
     problems = []
     for entry in sorted(root.iterdir()):
@@ -146,5 +158,5 @@ def check_folder(root: Path, full: bool = True) -> FolderReport:
         problems.extend((str(path), f"not an image file (extension {path.suffix or 'none'}; "
                                     "ignored)")
                         for path in below if not _is_image_file(path))
-    problems.extend(find_problems(files, full=full))
+    problems.extend(find_problems(files, full=full, on_progress=on_progress))
     return FolderReport(images=len(files), classes=classes, problems=problems)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from byol.data.folders import find_problems, scan_image_folder
+from byol.data.folders import Progress, find_problems, scan_image_folder
 from byol.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -65,8 +65,10 @@ def write_index(shard: Path, index: Path) -> None:
     index.write_text("\n".join(lines) + "\n")
 
 
-def prepare_shards(source: Path, destination: Path, shard_size: int, seed: int = 0) -> ShardSet:
-    """Write the usable images of `source` (`<class>/<image>`) as shards in `destination`.
+def prepare_shards(source: Path, destination: Path, shard_size: int, seed: int = 0,
+                   on_progress: Progress | None = None) -> ShardSet:
+    """Write the usable images of `source` (`<class>/<image>`) as shards in `destination`;
+    `on_progress` hears of each image checked, then of each image written.
 
     The images are shuffled once (seeded) so that every shard mixes the classes: DALI reads a
     shard front to back. Unreadable images are left out and listed in the manifest.
@@ -81,7 +83,7 @@ def prepare_shards(source: Path, destination: Path, shard_size: int, seed: int =
     if destination.exists() and any(destination.iterdir()):
         raise UserError(f"{destination} is not empty; choose a new folder for the shards.")
     files, labels, classes = scan_image_folder(source)
-    skipped = find_problems(files)
+    skipped = find_problems(files, on_progress=on_progress)
     bad = {path for path, _ in skipped}
     usable = [(f, label) for f, label in zip(files, labels) if f not in bad]
     if not usable:
@@ -93,7 +95,7 @@ def prepare_shards(source: Path, destination: Path, shard_size: int, seed: int =
     except OSError as error:
         raise UserError(f"Cannot create {destination} ({error.strerror or error}); choose a "
                         "folder you can write to.") from error
-    shards = []
+    shards, written = [], 0
     for start in range(0, len(order), shard_size):
         name = f"shard-{start // shard_size:06d}.tar"
         tmp = destination / f".{name}.tmp"
@@ -104,6 +106,9 @@ def prepare_shards(source: Path, destination: Path, shard_size: int, seed: int =
                 _add_member(archive, f"{stem}{Path(path).suffix.lower()}", Path(path).read_bytes())
                 _add_member(archive, f"{stem}.cls", str(label).encode())
                 _add_member(archive, f"{stem}.{LABEL_EXTENSION}", label.to_bytes(4, "little"))
+                written += 1
+                if on_progress is not None:
+                    on_progress("images written", written, len(order))
         index = f"{Path(name).stem}.idx"
         tmp_index = destination / f".{index}.tmp"
         write_index(tmp, tmp_index)
