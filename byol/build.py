@@ -16,7 +16,7 @@ from byol import distributed, ops
 from byol.checkpoint import Checkpointer
 from byol.config import PretrainConfig
 from byol.data import build_loader
-from byol.errors import UserError
+from byol.errors import UserError, plural
 from byol.flat import flatten_parameters_
 from byol.models import BYOL, OnlineNetwork
 from byol.monitors import build_monitors
@@ -46,8 +46,8 @@ def build_trainer(config: PretrainConfig, run_dir: Path,
 
     loader = build_loader(config, device, processes.rank, processes.world_size)
     if loader.steps_per_epoch < 1:
-        raise UserError(f"The data holds {loader.num_images} images, fewer than one batch of "
-                        f"{config.batch_size}; lower --batch-size.")
+        raise UserError(f"The data holds {plural(loader.num_images, 'image')}, fewer than one "
+                        f"batch of {config.batch_size}; lower --batch-size.")
     total_steps = total_steps or config.steps or config.epochs * loader.steps_per_epoch
 
     model = BYOL(config.model)

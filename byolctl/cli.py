@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 
+from byol.config import PretrainConfig
 from byolctl import __version__, errors
 from byolctl.config_file import read_config_file
 from byolctl.data_commands import data_app
@@ -51,9 +52,10 @@ from byolctl.options import (
     WeightDecayOpt,
     WidthOpt,
     WorkersOpt,
+    checked_flags,
 )
 from byolctl.profile_command import profile
-from byolctl.render import console, pretrain_progress, print_error, print_warning
+from byolctl.render import console, plural, pretrain_progress, print_error, print_warning
 
 app = typer.Typer(
     name="byolctl",
@@ -136,6 +138,7 @@ def pretrain(
     flags = {name: value.value if isinstance(value, Enum) else value
              for name, value in locals().items()
              if value is not None and name not in ("preset", "out", "resume", "config")}
+    checked_flags(PretrainConfig, flags)  # before anything is read or written
     from byol.pretrain import prepare_run  # deferred: keeps --help fast
 
     settings: dict[str, Any] = read_config_file(config) if config else {}
@@ -155,7 +158,7 @@ def pretrain(
     if skipped:
         from byol.run_folder import SKIPPED_FILE
 
-        console.print(f"Skipping {len(skipped)} unreadable images, listed in "
+        console.print(f"Skipping {plural(len(skipped), 'unreadable image')}, listed in "
                       f"{trainer.run_dir / SKIPPED_FILE}.")
     processes = trainer.processes.world_size
     batch = (f"batch {cfg.batch_size}" if processes == 1 else

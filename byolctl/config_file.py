@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from byol.config import SETTING_NAMES
+from byol.config import SETTING_NAMES, PretrainConfig, check_settings
 from byol.errors import UserError
 
 # Settings a file may hold besides the config fields: where the run goes, and its preset.
@@ -14,7 +14,8 @@ FILE_ONLY_KEYS = frozenset({"out", "preset"})
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """Settings from a .yaml/.yml or .toml file, keys normalized to config field names."""
+    """Settings from a .yaml/.yml or .toml file, keys normalized to config field names, each
+    value checked against its setting's type and range (UserError naming the file's key)."""
     if not path.is_file():
         raise UserError(f"Config file {path} does not exist; check the path.")
     try:
@@ -32,15 +33,19 @@ def read_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"Config file {path} must hold a mapping of setting: value.")
     settings: dict[str, Any] = {}
+    keys: dict[str, str] = {}  # field name -> the key as the file spells it
     for key, value in data.items():
         name = str(key).replace("-", "_")
         if name in settings:
             raise UserError(f"Config file {path} sets {name} twice (spelled with dashes and "
                             "with underscores); keep one.")
-        settings[name] = value
+        settings[name], keys[name] = value, str(key)
     valid = SETTING_NAMES | FILE_ONLY_KEYS
     unknown = sorted(set(settings) - valid)
     if unknown:
         raise UserError(f"Config file {path} has unknown setting(s) {', '.join(unknown)}; "
                         f"valid ones are {', '.join(sorted(valid))}.")
+    settings.update(check_settings(
+        PretrainConfig, {name: value for name, value in settings.items() if name in SETTING_NAMES},
+        lambda name: f"{keys[name]} in {path}"))
     return settings

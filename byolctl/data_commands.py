@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 from rich.table import Column, Table
 
+from byol.config import AT_LEAST_1, check_value
 from byolctl.errors import exits_cleanly
 from byolctl.options import JsonOpt, LogEveryOpt, log_every_seconds, write_json
 from byolctl.render import console, plural, task_progress
@@ -70,6 +71,7 @@ def prepare(folder: FolderArg, destination: DestinationArg, shard_size: ShardSiz
     """
     from byol.data.shards import prepare_shards  # deferred: keeps --help fast
 
+    check_value(shard_size, AT_LEAST_1, "--shard-size")  # before anything is read or written
     seconds = log_every_seconds(log_every)
     with task_progress(seconds, f"Writing shards of {folder} to {destination} ...") as on_progress:
         shards = prepare_shards(folder, destination, shard_size, on_progress=on_progress)
@@ -77,5 +79,5 @@ def prepare(folder: FolderArg, destination: DestinationArg, shard_size: ShardSiz
                   f"{plural(len(shards.classes), 'class')} in {plural(len(shards.paths), 'shard')} "
                   f"to {destination}.")
     if shards.skipped:
-        console.print(f"Left out {len(shards.skipped)} unreadable images, listed in "
+        console.print(f"Left out {plural(len(shards.skipped), 'unreadable image')}, listed in "
                       f"{destination / 'manifest.json'}.")

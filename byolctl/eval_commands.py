@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from byol.config import PretrainConfig
 from byol.eval.knn import KnnSettings
 from byol.eval.linear import LinearSettings
 from byolctl.errors import exits_cleanly
@@ -16,13 +17,14 @@ from byolctl.options import (
     LogEveryOpt,
     PrecisionOpt,
     WorkersOpt,
+    checked_flags,
     config_option,
     device_and_workers,
     given_settings,
     log_every_seconds,
     write_json,
 )
-from byolctl.render import console, print_error, print_warning, task_progress
+from byolctl.render import console, plural, print_error, print_warning, task_progress
 
 eval_app = typer.Typer(help="Evaluate a pretrained encoder: kNN or a linear classifier.",
                        no_args_is_help=True)
@@ -43,15 +45,13 @@ EvalImageSizeOpt = Annotated[Optional[int], typer.Option(
     show_default=False)]
 
 
-def _runtime(device, workers: int | None, batch_size: int,
-             image_size: int | None) -> dict[str, Any]:
-    """Device and workers (see device_and_workers); UserError for sizes no run can use.
-    Under torchrun, joins the other processes, and only rank 0 speaks."""
+def _runtime(device, workers: int | None, image_size: int | None) -> dict[str, Any]:
+    """Device and workers (see device_and_workers); UserError for an --image-size no run can
+    use (pretraining's range). Under torchrun, joins the other processes, and only rank 0
+    speaks."""
     from byol import distributed
-    from byol.errors import UserError
 
-    if batch_size < 1 or (image_size is not None and image_size < 1):
-        raise UserError("--batch-size and --image-size must be at least 1.")
+    checked_flags(PretrainConfig, {"image_size": image_size})
     device, workers = device_and_workers(device, workers)
     console.quiet = not distributed.setup(device).is_main
     return {"device": device, "workers": workers}
@@ -79,11 +79,11 @@ def _report(result: dict[str, Any], checkpoint: Path, json_file: Path | None) ->
     table.add_row("top-1", f"{result['top1']:.2f}%")
     # With 5 classes or fewer every label is among the 5 best: say so rather than boast.
     table.add_row("top-5", f"{result['top5']:.2f}%" + (
-        f" (always, with {result['classes']} classes)" if result["classes"] <= 5 else ""))
+        f" (always, with {plural(result['classes'], 'class')})" if result["classes"] <= 5 else ""))
     table.add_row("images", f"{result['train_images']} train, {result['val_images']} "
                             f"{result['val_split']}")
     if result["skipped_images"]:
-        table.add_row("skipped", f"{result['skipped_images']} unreadable images")
+        table.add_row("skipped", plural(result["skipped_images"], "unreadable image"))
     processes = f" x {result['processes']} processes" if result["processes"] > 1 else ""
     table.add_row("time", f"{result['seconds']:.1f} s on {result['device']}{processes} "
                           f"({result['precision']})")
@@ -121,14 +121,11 @@ def knn(
 
     Center-crop features of the train split are the neighbours; the val split is classified.
     """
-    from byol.errors import UserError
     from byol.eval.run import evaluate_knn
 
     settings = given_settings(KnnSettings, locals())
-    if settings.k < 1 or settings.temperature <= 0:
-        raise UserError("--k must be at least 1 and --temperature positive.")
     seconds = log_every_seconds(log_every)
-    runtime = _runtime(device, workers, settings.batch_size, image_size)
+    runtime = _runtime(device, workers, image_size)
     result = _run_with_progress(
         evaluate_knn, seconds, checkpoint=checkpoint, data=data, k=settings.k,
         temperature=settings.temperature, batch_size=settings.batch_size,
@@ -164,14 +161,11 @@ def linear(
     A linear layer is trained on the train split's features (BatchNorm in eval mode) and
     tested on the val split's center crops.
     """
-    from byol.errors import UserError
     from byol.eval.run import evaluate_linear, linear_state_file
 
     settings = given_settings(LinearSettings, locals())
-    if settings.epochs < 1 or settings.lr <= 0:
-        raise UserError("--epochs must be at least 1 and --lr positive.")
     seconds = log_every_seconds(log_every)
-    runtime = _runtime(device, workers, settings.batch_size, image_size)
+    runtime = _runtime(device, workers, image_size)
     unfinished = linear_state_file(checkpoint)
     if protocol == Protocol.full and not resume and unfinished and unfinished.is_file():
         console.print(f"{unfinished} holds an unfinished evaluation; starting over (--resume "

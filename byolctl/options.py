@@ -6,7 +6,6 @@ Pretraining's defaults are None here so that a command knows which options the u
 gave: only those override the preset and the config file.
 """
 
-import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -16,7 +15,15 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from byol.config import ON_NAN, PRECISIONS, ModelConfig, PretrainConfig, described
+from byol.config import (
+    ON_NAN,
+    PRECISIONS,
+    ModelConfig,
+    PretrainConfig,
+    check_settings,
+    described,
+    settings_fields,
+)
 from byol.models import ENCODERS
 from byol.ops import BACKENDS
 from byol.presets import IMAGENET_BY_EPOCHS_KEYS, PRESETS
@@ -122,13 +129,26 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(
     "--config", help="YAML or TOML file of settings (flags override it).", show_default=False)]
 
 
+def flag_spelling(name: str) -> str:
+    """How the user types the option of the setting `name` (`--batch-size`): what a message
+    about its value names. Every option of a numeric setting is spelled so (config_option)."""
+    return "--" + name.replace("_", "-")
+
+
+def checked_flags(settings_class: type, values: dict[str, Any]) -> dict[str, Any]:
+    """The options the user gave (not None) for fields of `settings_class`, each checked
+    against the range its field allows before the command writes anything; UserError in the
+    flag's spelling (`--lr must be a finite number above 0; got nan.`)."""
+    fields = settings_fields(settings_class)
+    given = {name: value.value if isinstance(value, Enum) else value
+             for name, value in values.items() if name in fields and value is not None}
+    return check_settings(settings_class, given, flag_spelling)
+
+
 def given_settings(settings_class: type, values: dict[str, Any]) -> Any:
-    """An instance of `settings_class` with the options the user gave (not None) over its
-    defaults; Enum choices become their values."""
-    names = {f.name for f in dataclasses.fields(settings_class)}
-    return settings_class(**{name: value.value if isinstance(value, Enum) else value
-                             for name, value in values.items()
-                             if name in names and value is not None})
+    """An instance of `settings_class` with the options the user gave (not None, checked: see
+    checked_flags) over its defaults; Enum choices become their values."""
+    return settings_class(**checked_flags(settings_class, values))
 
 
 def log_every_seconds(value: float | None) -> float:
@@ -144,11 +164,9 @@ def log_every_seconds(value: float | None) -> float:
 def device_and_workers(device: Device | None, workers: int | None) -> tuple[str, int]:
     """The device and the DALI threads a command runs with: the given ones, or the defaults
     pretraining uses. UserError for a negative --workers (0 means one thread)."""
-    from byol.errors import UserError
     from byol.runtime import runtime_defaults  # deferred: keeps --help fast
 
-    if workers is not None and workers < 0:
-        raise UserError("--workers must be 0 or more.")
+    checked_flags(PretrainConfig, {"workers": workers})
     runtime = runtime_defaults({"device": device.value} if device else {})
     return runtime["device"], runtime["workers"] if workers is None else workers
 

@@ -58,7 +58,6 @@ def profile(
 ):
     """Time the loss, EMA and LARS in each implementation, whole training steps with eager
     and fused kernels (compiled and not), and optionally the data pipeline."""
-    from byol.errors import UserError
     from byol.profiling.run import profile as run_profile
 
     device, workers = device_and_workers(device, workers)
@@ -66,8 +65,6 @@ def profile(
     given = {**({} if on_gpu else CPU_SETTINGS), **{
         name: value for name, value in locals().items() if value is not None}}
     settings = given_settings(ProfileSettings, {**given, "device": device, "workers": workers})
-    if settings.batch_size < 1 or settings.image_size < 8 or settings.steps < 1:
-        raise UserError("--batch-size and --steps must be at least 1, --image-size at least 8.")
     if not on_gpu:
         console.print("No GPU: profiling on the CPU with small defaults; the fused kernels "
                       "and every GPU number are not measured here.")

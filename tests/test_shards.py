@@ -101,7 +101,7 @@ def test_prepare_refuses_destinations_that_would_harm_or_hold_nothing(cifar_fold
         prepare_shards(cifar_folder, tmp_path / "a-file", shard_size=8)
     (tmp_path / "bad" / "cls").mkdir(parents=True)
     (tmp_path / "bad" / "cls" / "broken.jpg").write_text("not a jpeg")
-    with pytest.raises(UserError, match="none of its 1 images can be read"):
+    with pytest.raises(UserError, match="none of its 1 image can be read"):
         prepare_shards(tmp_path / "bad", tmp_path / "out", shard_size=8)
     assert not (tmp_path / "out").exists()
 

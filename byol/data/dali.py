@@ -31,7 +31,7 @@ from byol.data.demo_images import demo_images
 from byol.data.folders import IMAGE_EXTENSIONS, find_problems, scan_image_folder
 from byol.data.loaders import TwoViewBatch, TwoViewLoader, to_training_layout
 from byol.data.shards import LABEL_EXTENSION, find_shards
-from byol.errors import UserError
+from byol.errors import UserError, plural
 
 READER = "reader"
 
@@ -305,8 +305,8 @@ def folder_loader(root: Path, *, strict: bool = False, in_memory: bool | None = 
     bad = {path for path, _ in skipped}
     usable = [(f, label) for f, label in zip(files, labels) if f not in bad]
     if not usable:
-        raise UserError(f"--data {root}: none of its {len(files)} images can be read; run "
-                        "byolctl data check on it.")
+        raise UserError(f"--data {root}: none of its {plural(len(files), 'image')} can be read; "
+                        "run byolctl data check on it.")
     files, labels = map(list, zip(*usable))
     reads = FolderReads(root, files, labels, skipped, strict, rank, world_size, kwargs)
     # Every rank must read the same way (the two ways order and shard differently): rank 0

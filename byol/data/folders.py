@@ -114,6 +114,8 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[int], list[str]]:
     Only files with an image extension count, in subfolders of a class folder too; labels
     index the sorted class-folder names.
     """
+    if root.is_file():
+        raise UserError(f"{root}: a file, not a folder; pass a folder of <class>/<image> files.")
     if not root.is_dir():
         raise UserError(f"{root}: no such folder; pass a folder of <class>/<image> files.")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())

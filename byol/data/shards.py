@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
+from byol.config import AT_LEAST_1, check_value
 from byol.data.folders import Progress, find_problems, scan_image_folder
-from byol.errors import UserError
+from byol.errors import UserError, plural
 
 MANIFEST = "manifest.json"
 FORMAT = "byolctl-shards"
@@ -73,8 +74,7 @@ def prepare_shards(source: Path, destination: Path, shard_size: int, seed: int =
     The images are shuffled once (seeded) so that every shard mixes the classes: DALI reads a
     shard front to back. Unreadable images are left out and listed in the manifest.
     """
-    if shard_size < 1:
-        raise UserError(f"--shard-size must be at least 1, got {shard_size}.")
+    check_value(shard_size, AT_LEAST_1, "--shard-size")
     if destination.resolve().is_relative_to(source.resolve()):
         raise UserError(f"{destination} is inside {source}, where the shards would become part "
                         "of the image folder; choose a folder outside it.")
@@ -87,8 +87,8 @@ def prepare_shards(source: Path, destination: Path, shard_size: int, seed: int =
     bad = {path for path, _ in skipped}
     usable = [(f, label) for f, label in zip(files, labels) if f not in bad]
     if not usable:
-        raise UserError(f"{source}: none of its {len(files)} images can be read; run byolctl "
-                        "data check on it.")
+        raise UserError(f"{source}: none of its {plural(len(files), 'image')} can be read; "
+                        "run byolctl data check on it.")
     order = torch.randperm(len(usable), generator=torch.Generator().manual_seed(seed)).tolist()
     try:
         destination.mkdir(parents=True, exist_ok=True)

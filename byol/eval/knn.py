@@ -12,16 +12,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from byol.config import setting
+from byol.config import ABOVE_0, AT_LEAST_1, setting
 
 
 @dataclass
 class KnnSettings:
     """How `byolctl eval knn` votes, and its batches."""
 
-    k: int = setting(200, "Neighbours that vote.")
-    temperature: float = setting(0.1, "Votes weigh exp(cosine similarity / temperature).")
-    batch_size: int = setting(256, "Images per batch, per process under torchrun.")
+    k: int = setting(200, "Neighbours that vote.", allowed=AT_LEAST_1)
+    temperature: float = setting(0.1, "Votes weigh exp(cosine similarity / temperature).",
+                                  allowed=ABOVE_0)
+    batch_size: int = setting(256, "Images per batch, per process under torchrun.",
+                              allowed=AT_LEAST_1)
 
 
 @torch.no_grad()

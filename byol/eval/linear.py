@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from byol.config import setting
+from byol.config import ABOVE_0, AT_LEAST_1, FRACTION, SEED, setting
 from byol.runtime import autocast
 
 
@@ -26,13 +26,15 @@ from byol.runtime import autocast
 class LinearSettings:
     """The classifier's training settings."""
 
-    epochs: int = setting(90, "Classifier epochs: passes over the training split.")
+    epochs: int = setting(90, "Classifier epochs: passes over the training split.",
+                          allowed=AT_LEAST_1)
     batch_size: int = setting(256, "Images (or features) per step, per process under "
-                              "torchrun.")
-    lr: float = setting(0.1, "SGD (Nesterov) base learning rate per 256 images, cosine to 0.")
-    momentum: float = setting(0.9, "Nesterov momentum.")
+                              "torchrun.", allowed=AT_LEAST_1)
+    lr: float = setting(0.1, "SGD (Nesterov) base learning rate per 256 images, cosine to 0.",
+                        allowed=ABOVE_0)
+    momentum: float = setting(0.9, "Nesterov momentum.", allowed=FRACTION)
     seed: int = setting(0, "Seed for the classifier's initialization and the order of cached "
-                        "features.")
+                        "features.", allowed=SEED)
 
 
 class LinearTrainer:

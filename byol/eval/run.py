@@ -27,7 +27,7 @@ from byol import distributed
 from byol.checkpoint import atomic_save
 from byol.data.dali import augmentation_seed
 from byol.data.labeled import LabeledLoader, Split, eval_splits
-from byol.errors import UserError
+from byol.errors import UserError, plural
 from byol.eval.encoder import load_encoder
 from byol.eval.features import extract_features
 from byol.eval.knn import KnnSettings, knn_scores, topk_accuracy
@@ -79,8 +79,8 @@ def _splits(data: str, processes: distributed.Processes) -> tuple[Split, Split]:
     splits = distributed.decided_by_main(lambda: eval_splits(data))
     for split in splits:
         if len(split) < processes.world_size:
-            raise UserError(f"The {split.name} split holds {len(split)} images, fewer than "
-                            f"the {processes.world_size} processes; evaluate it with fewer.")
+            raise UserError(f"The {split.name} split holds {plural(len(split), 'image')}, fewer "
+                            f"than the {processes.world_size} processes; evaluate it with fewer.")
     return splits
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from byol.config import setting
+from byol.config import AT_LEAST_0, AT_LEAST_1, IMAGE_SIDE, TRAINING_BATCH, setting
 from byol.presets import resolve_config
 from byol.profiling.environment import bf16_peak, environment
 from byol.profiling.ops import byol_shapes, implementations, rows_as_dicts, time_ops
@@ -27,19 +27,23 @@ class ProfileSettings:
     """What to profile."""
 
     arch: str = setting("resnet50", "Encoder architecture (torchvision ResNet).")
-    projector_hidden: int = setting(4096, "Hidden width of the projector and predictor.")
-    projector_dim: int = setting(256, "Width of the projections, and so of the loss's inputs.")
-    batch_size: int = setting(256, "Images per step.")
-    image_size: int = setting(224, "View side in pixels.")
+    projector_hidden: int = setting(4096, "Hidden width of the projector and predictor.",
+                                    allowed=AT_LEAST_1)
+    projector_dim: int = setting(256, "Width of the projections, and so of the loss's inputs.",
+                                 allowed=AT_LEAST_1)
+    batch_size: int = setting(256, "Images per step.", allowed=TRAINING_BATCH)
+    image_size: int = setting(224, "View side in pixels.", allowed=IMAGE_SIDE)
     precision: str = setting("bf16", "bf16 autocast or fp32.")
-    steps: int = setting(20, "Timed training steps per variant (after the untimed warmup).")
-    warmup: int = setting(5, "Untimed training steps per variant first (they compile).")
+    steps: int = setting(20, "Timed training steps per variant (after the untimed warmup).",
+                         allowed=AT_LEAST_1)
+    warmup: int = setting(5, "Untimed training steps per variant first (they compile).",
+                          allowed=AT_LEAST_0)
     device: str = setting("cuda", "Where to run.")
     compile: bool = setting(True, "Include torch.compile variants (compiled foreach, compiled "
                             "loss, compiled steps).")
     data: str | None = setting(None, "Also time the two-view DALI pipeline on this image "
                                "folder or shards.")
-    workers: int = setting(8, "DALI CPU threads.")
+    workers: int = setting(8, "DALI CPU threads.", allowed=AT_LEAST_0)
 
 
 # Without a GPU the defaults shrink to what a CPU times in about a minute.
