@@ -5,13 +5,14 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from byol.config import PretrainConfig
 from byol.eval.knn import KnnSettings
 from byol.eval.linear import LinearSettings
 from byolctl.errors import exits_cleanly
 from byolctl.options import (
+    Arch,
     DeviceOpt,
     JsonOpt,
     LogEveryOpt,
@@ -35,9 +36,25 @@ class Protocol(str, Enum):
     cached = "cached"
 
 
+class ExportFormat(str, Enum):
+    pt = "pt"
+    safetensors = "safetensors"
+
+
 CheckpointOpt = Annotated[Path, typer.Option(
     "--checkpoint", help="A pretraining checkpoint (.pt) or a run folder (its last.pt).",
     show_default=False)]
+EncoderFileOpt = Annotated[Optional[Path], typer.Option(
+    "--checkpoint", help="A pretraining checkpoint (.pt) or a run folder (its last.pt); or a "
+    "torchvision ResNet state dict (.pt or .safetensors, e.g. from byolctl export) with --arch.",
+    show_default=False)]
+EncoderArchOpt = Annotated[Optional[Arch], typer.Option(
+    "--arch", metavar="<name>", help="The torchvision ResNet a state dict --checkpoint (or "
+    f"--weights IMAGENET1K_V1) is for: {', '.join(Arch.__members__)}.", show_default=False)]
+WeightsOpt = Annotated[Optional[str], typer.Option(
+    "--weights", metavar="<name>", help="Evaluate torchvision's pretrained weights instead, "
+    "e.g. ResNet50_Weights.IMAGENET1K_V2 (from the torch hub cache, downloaded there if "
+    "absent).", show_default=False)]
 EvalDataOpt = Annotated[str, typer.Option(
     "--data", help="A folder with train/ and val/ (or test/), each <class>/<image>; or `demo`.")]
 EvalImageSizeOpt = Annotated[Optional[int], typer.Option(
@@ -64,7 +81,21 @@ def _run_with_progress(evaluate, log_every: float, **kwargs) -> dict[str, Any]:
         return evaluate(on_progress=on_progress, **kwargs)
 
 
-def _report(result: dict[str, Any], checkpoint: Path, json_file: Path | None) -> None:
+def _evaluated(result: dict[str, Any], checkpoint: Path | None) -> str:
+    """What the result is of: the file (as the user named it) or the weights, their kind, and
+    the step if known."""
+    from byol.run_folder import checkpoint_file
+
+    what = [result["source"]]
+    if result["step"] is not None:
+        what.append(f"step {result['step']}")
+    if result["stripped_prefix"]:
+        what.append(f"prefix {result['stripped_prefix']} stripped")
+    named = checkpoint_file(checkpoint) if checkpoint is not None else result["weights"]
+    return f"{named} ({', '.join(what)})"
+
+
+def _report(result: dict[str, Any], checkpoint: Path | None, json_file: Path | None) -> None:
     """Print the result as a table, record it in the run folder, and write --json (rank 0
     alone, under torchrun)."""
     from byol import distributed
@@ -73,9 +104,10 @@ def _report(result: dict[str, Any], checkpoint: Path, json_file: Path | None) ->
 
     if not distributed.current().is_main:
         return
+    of = f"step {result['step']}" if result["step"] is not None else result["source"]
     title = (f"{result['evaluation']} ({result.get('protocol', 'k=' + str(result.get('k')))}) "
-             f"- {result['arch']} step {result['step']} on {result['data']}")
-    table = Table("metric", "value", title=title)
+             f"- {result['arch']} {of} on {result['data']}")
+    table = Table("metric", Column("value", overflow="fold"), title=title)  # whole paths
     table.add_row("top-1", f"{result['top1']:.2f}%")
     # With 5 classes or fewer every label is among the 5 best: say so rather than boast.
     table.add_row("top-5", f"{result['top5']:.2f}%" + (
@@ -87,10 +119,13 @@ def _report(result: dict[str, Any], checkpoint: Path, json_file: Path | None) ->
     processes = f" x {result['processes']} processes" if result["processes"] > 1 else ""
     table.add_row("time", f"{result['seconds']:.1f} s on {result['device']}{processes} "
                           f"({result['precision']})")
+    table.add_row("encoder", _evaluated(result, checkpoint))
     console.print(table)
     if json_file:
         write_json(json_file, result)
         console.print(f"Wrote {json_file}")
+    if checkpoint is None:  # torchvision's weights belong to no run
+        return
     run_dir = checkpoint_run_dir(checkpoint)
     if holds_run(run_dir):  # a checkpoint copied out of its run has no folder to record in
         try:
@@ -105,7 +140,9 @@ def _report(result: dict[str, Any], checkpoint: Path, json_file: Path | None) ->
                                 "--data /datasets/imagenet")
 @exits_cleanly
 def knn(
-    checkpoint: CheckpointOpt,
+    checkpoint: EncoderFileOpt = None,
+    arch: EncoderArchOpt = None,
+    weights: WeightsOpt = None,
     data: EvalDataOpt = "demo",
     k: Annotated[Optional[int], config_option(KnnSettings, "k")] = None,
     temperature: Annotated[Optional[float], config_option(KnnSettings, "temperature")] = None,
@@ -120,6 +157,8 @@ def knn(
     """Weighted kNN accuracy of the frozen online encoder's features (top-1 and top-5).
 
     Center-crop features of the train split are the neighbours; the val split is classified.
+    An exported encoder, another tool's ResNet state dict (--arch) or torchvision's weights
+    (--weights) are evaluated the same way.
     """
     from byol.eval.run import evaluate_knn
 
@@ -127,7 +166,8 @@ def knn(
     seconds = log_every_seconds(log_every)
     runtime = _runtime(device, workers, image_size)
     result = _run_with_progress(
-        evaluate_knn, seconds, checkpoint=checkpoint, data=data, k=settings.k,
+        evaluate_knn, seconds, checkpoint=checkpoint, arch=arch and arch.value,
+        weights=weights, data=data, k=settings.k,
         temperature=settings.temperature, batch_size=settings.batch_size,
         image_size=image_size, precision=precision and precision.value, **runtime)
     _report(result, checkpoint, json_file)
@@ -137,7 +177,9 @@ def knn(
                                    "runs/r50/last.pt --data /datasets/imagenet")
 @exits_cleanly
 def linear(
-    checkpoint: CheckpointOpt,
+    checkpoint: EncoderFileOpt = None,
+    arch: EncoderArchOpt = None,
+    weights: WeightsOpt = None,
     data: EvalDataOpt = "demo",
     protocol: Annotated[Protocol, typer.Option(
         "--protocol", help="full: new crops and flips each epoch through the frozen encoder; "
@@ -159,7 +201,7 @@ def linear(
     """Linear classification accuracy on the frozen online encoder (top-1 and top-5).
 
     A linear layer is trained on the train split's features (BatchNorm in eval mode) and
-    tested on the val split's center crops.
+    tested on the val split's center crops. It takes any encoder that eval knn takes.
     """
     from byol.eval.run import evaluate_linear, linear_state_file
 
@@ -172,7 +214,8 @@ def linear(
                       "would continue it).")
     try:
         result = _run_with_progress(
-            evaluate_linear, seconds, checkpoint=checkpoint, data=data, protocol=protocol.value,
+            evaluate_linear, seconds, checkpoint=checkpoint, arch=arch and arch.value,
+            weights=weights, data=data, protocol=protocol.value,
             settings=settings, image_size=image_size,
             precision=precision and precision.value, resume=resume, **runtime)
     except KeyboardInterrupt:
@@ -186,17 +229,45 @@ def linear(
 
 def export(
     checkpoint: CheckpointOpt,
-    out: Annotated[Path, typer.Option("--out", help="The file to write (.pt).",
+    out: Annotated[Path, typer.Option("--out", help="The file to write (.pt or .safetensors).",
                                       show_default=False)],
+    file_format: Annotated[Optional[ExportFormat], typer.Option(
+        "--format", help="pt (torch.save) or safetensors (no pickle; records the "
+        "architecture) \\[default: safetensors for a .safetensors --out, else pt].",
+        show_default=False)] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace --out if it exists (never the checkpoint itself).")] = False,
 ):
     """Write the online encoder as a torchvision ResNet state dict (no fc layer)."""
     from byol.eval.encoder import export_backbone
 
-    config, step, builder = export_backbone(checkpoint, out, replace=force)
-    console.print(f"Wrote the online encoder of {config.model.arch} at step {step} to {out}.")
-    load = (f"model.load_state_dict(torch.load({str(out)!r}, weights_only=True), "
-            "strict=False)  # only fc is missing")
-    console.print("Load it with:\n" + "\n".join(f"    {line}" for line in [*builder, load]),
-                  highlight=False)
+    chosen = _export_format(file_format, out)
+    config, step, builder = export_backbone(checkpoint, out, replace=force,
+                                            file_format=chosen.value)
+    console.print(f"Wrote the online encoder of {config.model.arch} at step {step} to {out} "
+                  f"({chosen.value}).")
+    console.print("Load it with:\n" + "\n".join(
+        f"    {line}" for line in [*builder, *_load_lines(out, chosen)]), highlight=False)
+
+
+def _export_format(given: ExportFormat | None, out: Path) -> ExportFormat:
+    """--format, or the one --out's suffix names; UserError when they disagree."""
+    from byol.errors import UserError
+
+    named = ExportFormat.safetensors if out.suffix == ".safetensors" else None
+    if out.suffix in (".pt", ".pth"):
+        named = ExportFormat.pt
+    if given is not None and named is not None and given != named:
+        raise UserError(f"--format {given.value} does not write a {out.suffix} file; name "
+                        f"--out {out.with_suffix('.' + given.value)}, or leave out --format.")
+    return given or named or ExportFormat.pt
+
+
+def _load_lines(out: Path, file_format: ExportFormat) -> list[str]:
+    """Python lines that load the export into `model`."""
+    if file_format == ExportFormat.safetensors:
+        return ["from safetensors.torch import load_file",
+                f"model.load_state_dict(load_file({str(out)!r}), strict=False)  # only fc is "
+                "missing"]
+    return [f"model.load_state_dict(torch.load({str(out)!r}, weights_only=True), "
+            "strict=False)  # only fc is missing"]

@@ -35,7 +35,6 @@ from byol.eval.linear import LinearSettings, classify, train_on_features, train_
 from byol.run_folder import (
     EVALUATIONS_FILE,
     LINEAR_STATE_FILE,
-    checkpoint_file,
     checkpoint_run_dir,
     holds_run,
 )
@@ -53,7 +52,7 @@ class Setup:
 
     encoder: nn.Module
     feature_dim: int
-    step: int
+    described: dict[str, Any]  # what was evaluated (LoadedEncoder.description)
     arch: str
     image_size: int
     device: torch.device
@@ -61,16 +60,16 @@ class Setup:
     processes: distributed.Processes
 
 
-def _setup(checkpoint: Path, image_size: int | None, device: str,
-           precision: str | None) -> Setup:
+def _setup(checkpoint: Path | None, arch: str | None, weights: str | None,
+           image_size: int | None, device: str, precision: str | None) -> Setup:
     processes = distributed.setup(device)
-    loaded = load_encoder(checkpoint)
+    loaded = load_encoder(checkpoint, arch, weights)
     target = process_device(device, processes.local_rank, processes.enabled)
     precision = precision or default_precision(device)
     encoder = to_runtime_layout(loaded.encoder, target, precision)
     encoder.requires_grad_(False)
-    return Setup(encoder, loaded.feature_dim, loaded.step, loaded.config.model.arch,
-                 image_size or loaded.config.image_size, target, precision, processes)
+    return Setup(encoder, loaded.feature_dim, loaded.description(), loaded.arch,
+                 image_size or loaded.image_size, target, precision, processes)
 
 
 def _splits(data: str, processes: distributed.Processes) -> tuple[Split, Split]:
@@ -106,12 +105,11 @@ def _features(setup: Setup, split: Split, batch_size: int, workers: int,
     return distributed.gather_rows(features), distributed.gather_rows(labels)
 
 
-def _result(kind: str, checkpoint: Path, data: str, setup: Setup, train: Split, val: Split,
+def _result(kind: str, data: str, setup: Setup, train: Split, val: Split,
             settings: dict, accuracy: dict[str, float], started: float) -> dict[str, Any]:
     skipped = len(train.skipped or []) + len(val.skipped or [])
     return {
-        "evaluation": kind, **accuracy,
-        "checkpoint": str(checkpoint_file(checkpoint).resolve()), "step": setup.step,
+        "evaluation": kind, **accuracy, **setup.described,
         "arch": setup.arch,
         "data": data, "classes": len(train.classes),
         "train_images": len(train), "val_images": len(val),
@@ -123,30 +121,34 @@ def _result(kind: str, checkpoint: Path, data: str, setup: Setup, train: Split, 
     }
 
 
-def evaluate_knn(checkpoint: Path, data: str, *, k: int = KnnSettings.k,
+def evaluate_knn(checkpoint: Path | None, data: str, *, arch: str | None = None,
+                 weights: str | None = None, k: int = KnnSettings.k,
                  temperature: float = KnnSettings.temperature,
                  batch_size: int = KnnSettings.batch_size, image_size: int | None = None,
                  device: str = "cpu",
                  precision: str | None = None, workers: int = 4,
                  on_progress: Progress | None = None) -> dict[str, Any]:
     """Weighted kNN top-1/top-5 (%) of the val split against the train split's features.
-    `precision` (bf16 or fp32) defaults to bf16 on a GPU and fp32 on the CPU."""
+    `precision` (bf16 or fp32) defaults to bf16 on a GPU and fp32 on the CPU. The encoder is
+    `checkpoint`'s or torchvision's `weights` (see `byol.eval.encoder.load_encoder`)."""
     started = time.perf_counter()
-    setup = _setup(checkpoint, image_size, device, precision)
+    setup = _setup(checkpoint, arch, weights, image_size, device, precision)
     train, val = _splits(data, setup.processes)
     train_features, train_labels = _features(setup, train, batch_size, workers, on_progress)
     val_features, val_labels = _features(setup, val, batch_size, workers, on_progress)
     k = min(k, len(train))  # what votes (and is recorded) with fewer training images
     scores = knn_scores(train_features, train_labels, val_features, len(train.classes),
                         k=k, temperature=temperature)
-    return _result("knn", checkpoint, data, setup, train, val,
+    return _result("knn", data, setup, train, val,
                    {"k": k, "temperature": temperature}, topk_accuracy(scores, val_labels),
                    started)
 
 
-def linear_state_file(checkpoint: Path) -> Path | None:
+def linear_state_file(checkpoint: Path | None) -> Path | None:
     """Where the full protocol keeps its state between epochs (rewritten after every one): in
     the checkpoint's run folder, if it is in one that can be written."""
+    if checkpoint is None:  # torchvision's weights
+        return None
     run_dir = checkpoint_run_dir(checkpoint)
     if not holds_run(run_dir) or not os.access(run_dir, os.W_OK):
         return None
@@ -178,7 +180,8 @@ def _unfinished_state(state_file: Path | None, identity: dict[str, Any],
     return state
 
 
-def evaluate_linear(checkpoint: Path, data: str, *, protocol: str = "full",
+def evaluate_linear(checkpoint: Path | None, data: str, *, arch: str | None = None,
+                    weights: str | None = None, protocol: str = "full",
                     settings: LinearSettings | None = None, image_size: int | None = None,
                     device: str = "cpu", precision: str | None = None, workers: int = 4,
                     resume: bool = False,
@@ -195,15 +198,16 @@ def evaluate_linear(checkpoint: Path, data: str, *, protocol: str = "full",
                         "every epoch; the cached protocol starts over.")
     settings = settings or LinearSettings()
     started = time.perf_counter()
-    setup = _setup(checkpoint, image_size, device, precision)
+    setup = _setup(checkpoint, arch, weights, image_size, device, precision)
     recorded = {"protocol": protocol, **dataclasses.asdict(settings)}
     state_file, state = None, None
     if protocol == "full":
         state_file = linear_state_file(checkpoint)
         data_path = data if data == "demo" else str(Path(data).resolve())
-        identity = {"checkpoint": str(checkpoint_file(checkpoint).resolve()),
-                    "step": setup.step, "data": data_path, "image_size": setup.image_size,
-                    "precision": setup.precision, "processes": setup.processes.world_size,
+        identity = {"checkpoint": setup.described["checkpoint"],
+                    "step": setup.described["step"], "data": data_path,
+                    "image_size": setup.image_size, "precision": setup.precision,
+                    "processes": setup.processes.world_size,
                     **dataclasses.asdict(settings)}
         # Checked before the files are listed, which takes minutes for ImageNet.
         state = _unfinished_state(state_file, identity, setup.device) if resume else None
@@ -231,7 +235,7 @@ def evaluate_linear(checkpoint: Path, data: str, *, protocol: str = "full",
     accuracy = topk_accuracy(classify(classifier, val_features), val_labels)
     if state_file is not None and setup.processes.is_main:
         state_file.unlink(missing_ok=True)  # finished: nothing left to resume
-    return _result("linear", checkpoint, data, setup, train, val, recorded, accuracy, started)
+    return _result("linear", data, setup, train, val, recorded, accuracy, started)
 
 
 def _train_on_images(setup: Setup, train: Split, settings: LinearSettings, workers: int,
