@@ -63,6 +63,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help for every command: click keeps the flags to one narrow column and gives the
+    # descriptions the rest (48 characters at 80 columns), where rich's boxed option table
+    # left them about 20 beside the long flags and their --no- forms.
+    rich_markup_mode=None,
 )
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")

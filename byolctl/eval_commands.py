@@ -58,7 +58,7 @@ WeightsOpt = Annotated[Optional[str], typer.Option(
 EvalDataOpt = Annotated[str, typer.Option(
     "--data", help="A folder with train/ and val/ (or test/), each <class>/<image>; or `demo`.")]
 EvalImageSizeOpt = Annotated[Optional[int], typer.Option(
-    "--image-size", help="Image side in pixels \\[default: the pretraining size].",
+    "--image-size", help="Image side in pixels [default: the pretraining size].",
     show_default=False)]
 
 

@@ -75,7 +75,7 @@ def config_option(settings_class: type, name: str, flags: str | None = None, *,
         help_text = f"{help_text.rstrip('.')}: {', '.join(choices)}."
         kwargs.setdefault("metavar", "<name>")
     if shown is not None:
-        help_text = f"{help_text.rstrip('.')} \\[default: {shown}]."
+        help_text = f"{help_text.rstrip('.')} [default: {shown}]."
     return typer.Option(flags or "--" + name.replace("_", "-"), help=help_text,
                         show_default=False, **kwargs)
 
@@ -85,7 +85,7 @@ DataOpt = Annotated[Optional[str], config_option(PretrainConfig, "data")]
 ArchOpt = Annotated[Optional[Arch], config_option(ModelConfig, "arch", choices=ENCODERS)]
 PresetOpt = Annotated[Optional[Preset], typer.Option(
     "--preset", metavar="<name>",
-    help=f"Starting hyperparameters: {', '.join(PRESETS)} \\[default: demo for --data demo, "
+    help=f"Starting hyperparameters: {', '.join(PRESETS)} [default: demo for --data demo, "
     "else imagenet].",
     show_default=False)]
 WidthOpt = Annotated[Optional[int], config_option(ModelConfig, "width")]
@@ -106,7 +106,7 @@ CompileOpt = Annotated[Optional[bool], config_option(
 PrecisionOpt = Annotated[Optional[Precision], config_option(PretrainConfig, "precision")]
 DeviceOpt = Annotated[Optional[Device], config_option(PretrainConfig, "device")]
 OutOpt = Annotated[Optional[Path], typer.Option(
-    "--out", help="Run folder \\[default: a new one in runs/, named by the arch, date and "
+    "--out", help="Run folder [default: a new one in runs/, named by the arch, date and "
     "time].", show_default=False)]
 ResumeOpt = Annotated[Optional[str], typer.Option(
     "--resume", help="`auto` (continue the matching run) or a checkpoint or run folder.",

@@ -70,7 +70,7 @@ def test_preset_values_are_shown_as_each_preset_sets_them():
     help_text = {o.name: o.help for o in _command(("pretrain",)).params}
     assert "imagenet 224, cifar 32, demo 16]" in help_text["image_size"]
     assert "imagenet by --epochs" in help_text["lr"]
-    assert "\\[default: 1000]" in help_text["checkpoint_every"]
+    assert "[default: 1000]" in help_text["checkpoint_every"]
 
 
 def test_eval_defaults_come_from_the_settings_when_no_option_is_given(monkeypatch):
