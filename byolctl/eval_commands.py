@@ -233,7 +233,7 @@ def export(
                                       show_default=False)],
     file_format: Annotated[Optional[ExportFormat], typer.Option(
         "--format", help="pt (torch.save) or safetensors (no pickle; records the "
-        "architecture) \\[default: safetensors for a .safetensors --out, else pt].",
+        "architecture) [default: safetensors for a .safetensors --out, else pt].",
         show_default=False)] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace --out if it exists (never the checkpoint itself).")] = False,
