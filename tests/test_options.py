@@ -17,11 +17,11 @@ from byolctl.options import shown_value
 # Each command's settings classes, and the options it has that set no setting.
 COMMANDS = {
     ("pretrain",): ((PretrainConfig, ModelConfig), {"preset", "out", "resume", "config"}),
-    ("eval", "knn"): ((KnnSettings, PretrainConfig), {"checkpoint", "data", "image_size",
-                                                      "json_file"}),
-    ("eval", "linear"): ((LinearSettings, PretrainConfig), {"checkpoint", "data", "protocol",
-                                                            "image_size", "resume",
-                                                            "json_file"}),
+    ("eval", "knn"): ((KnnSettings, PretrainConfig), {"checkpoint", "arch", "weights", "data",
+                                                      "image_size", "json_file"}),
+    ("eval", "linear"): ((LinearSettings, PretrainConfig), {"checkpoint", "arch", "weights",
+                                                            "data", "protocol", "image_size",
+                                                            "resume", "json_file"}),
     ("profile",): ((ProfileSettings, PretrainConfig), {"json_file", "plot"}),
 }
 
