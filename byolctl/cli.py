@@ -70,9 +70,12 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="eval")
-app.command("export", epilog="Example: byolctl export --checkpoint runs/r50/last.pt "
+# Each short_help fits the command list at 80 columns, where click cuts a longer one short.
+app.command("export", short_help="Write the online encoder as a torchvision ResNet state dict.",
+            epilog="Example: byolctl export --checkpoint runs/r50/last.pt "
             "--out r50-byol.pt")(exits_cleanly(export))
-app.command("profile", epilog="Example: byolctl profile --arch resnet50 --batch-size 256 "
+app.command("profile", short_help="Time the hot operations and whole steps, eager and fused.",
+            epilog="Example: byolctl profile --arch resnet50 --batch-size 256 "
             "--json profile.json --plot profile.png")(exits_cleanly(profile))
 def _print_version(value: bool) -> None:
     if value:

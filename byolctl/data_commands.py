@@ -21,7 +21,8 @@ QuickOpt = Annotated[bool, typer.Option(
 SHOWN_ROWS = 50
 
 
-@data_app.command("check", epilog="Example: byolctl data check /datasets/imagenet/train")
+@data_app.command("check", short_help="List the files of an image folder that cannot be used.",
+                  epilog="Example: byolctl data check /datasets/imagenet/train")
 @exits_cleanly
 def check(folder: FolderArg, json_file: JsonOpt = None, quick: QuickOpt = False,
           log_every: LogEveryOpt = None):
@@ -58,7 +59,7 @@ DestinationArg = Annotated[Path, typer.Argument(help="A new, empty folder for th
 ShardSizeOpt = Annotated[int, typer.Option("--shard-size", help="Images per shard.")]
 
 
-@data_app.command("prepare",
+@data_app.command("prepare", short_help="Write an image folder as WebDataset tar shards.",
                   epilog="Example: byolctl data prepare /datasets/imagenet/train /fast/in1k-shards")
 @exits_cleanly
 def prepare(folder: FolderArg, destination: DestinationArg, shard_size: ShardSizeOpt = 10_000,

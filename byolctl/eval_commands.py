@@ -136,8 +136,9 @@ def _report(result: dict[str, Any], checkpoint: Path | None, json_file: Path | N
                           + (" and in --json." if json_file else "."))
 
 
-@eval_app.command("knn", epilog="Example: byolctl eval knn --checkpoint runs/r50/last.pt "
-                                "--data /datasets/imagenet")
+@eval_app.command("knn", short_help="Weighted kNN accuracy of the frozen encoder's features.",
+                  epilog="Example: byolctl eval knn --checkpoint runs/r50/last.pt "
+                  "--data /datasets/imagenet")
 @exits_cleanly
 def knn(
     checkpoint: EncoderFileOpt = None,
@@ -173,8 +174,9 @@ def knn(
     _report(result, checkpoint, json_file)
 
 
-@eval_app.command("linear", epilog="Example: byolctl eval linear --checkpoint "
-                                   "runs/r50/last.pt --data /datasets/imagenet")
+@eval_app.command("linear", short_help="Linear classification accuracy on the frozen encoder.",
+                  epilog="Example: byolctl eval linear --checkpoint runs/r50/last.pt "
+                  "--data /datasets/imagenet")
 @exits_cleanly
 def linear(
     checkpoint: EncoderFileOpt = None,

@@ -66,3 +66,11 @@ def test_every_description_gets_a_wide_column_and_every_flag_shows(command, colu
         # Wrapped lines are full: only an option's last line may be short.
         slivers = [text for _, text in lines[:-1] if len(text) < 30]
         assert not slivers, (flag, lines)
+
+
+@pytest.mark.parametrize("group", [(), ("eval",), ("data",)],
+                         ids=lambda group: " ".join(group) or "byolctl")
+def test_command_lists_show_each_summary_whole(group):
+    listing = _help(group, 80).split("Commands:", 1)[1]
+    summaries = [line for line in listing.splitlines() if line.strip()]
+    assert summaries and not any(line.endswith("...") for line in summaries), listing
