@@ -88,8 +88,8 @@ class ModelConfig:
     """The networks: enough to rebuild them from a checkpoint."""
 
     arch: str = setting("resnet50", "Encoder architecture (torchvision ResNet).")
-    width: int = setting(1, "Bottleneck width multiplier, as torchvision's wide ResNets "
-                         "(resnet50 and deeper only).", allowed=AT_LEAST_1)
+    width: int = setting(1, "Channels of every layer times N, stem included: the paper's "
+                         "ResNet-50 (2x), (4x).", allowed=AT_LEAST_1)
     small_stem: bool = setting(False, "3x3 stride-1 first convolution and no max-pool, for "
                                "32-64 px images.")
     projector_hidden: int = setting(4096, "Hidden width of the projector and predictor MLPs.",
