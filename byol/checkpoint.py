@@ -1,10 +1,13 @@
 """Checkpoints: written atomically, loaded as data only (`weights_only=True`).
 
 A run folder keeps the newest `keep` step checkpoints and last.pt, a second name for the
-newest (see `byol.run_folder`).
+newest (see `byol.run_folder`). Every file byolctl writes whole (checkpoints, exports, JSON
+results) goes through `atomic_save` or `atomic_write_text`, which turn a failed write, a full
+disk above all, into a `WriteError` and leave the file already there as it was.
 """
 
 import contextlib
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -13,10 +16,121 @@ from typing import Any
 import torch
 
 from byol.errors import UserError
-from byol.run_folder import LAST, STEP_DIR, checkpoint_file, step_checkpoint
+from byol.run_folder import (
+    LAST,
+    METRICS_FILE,
+    STEP_DIR,
+    checkpoint_file,
+    step_checkpoint,
+)
 
 FORMAT = "byolctl-pretrain"
 VERSION = 1
+
+# ------------------------------------------------------------------------- failed writes
+
+# A full disk, as the OSError's errno says, or as the words of a message without one (Rust
+# writers such as safetensors' quote the system's message).
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+FULL_DISK_WORDS = tuple(os.strerror(code) for code in FULL_DISK_ERRNOS)
+# torch's zip writer reports a failed write of a file it opened itself in its own words, with
+# no errno (e.g. "[enforce fail at inline_container.cc:672] . unexpected pos 51072 vs 50966").
+TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed writing file", "unexpected pos",
+                        "file write failed")
+# A write that failed with less than this left on its disk failed for want of space: it had
+# taken the rest (writes fail on the block that does not fit).
+NEARLY_FULL_BYTES = 1 << 20
+
+
+class WriteError(UserError):
+    """A file could not be written: its disk is full (`full`), or the folder is gone or not
+    writable. The files already there are as they were."""
+
+    def __init__(self, path: Path | None, full: bool, reason: str):
+        self.path, self.full, self.reason = path, full, reason
+        if full:
+            disk = f"the disk holding {disk_of(path.parent)}" if path else "the disk"
+            written = f"{path.name} was not written" if path else "a file was not written"
+            message = (f"No space left: {disk} is full ({reason}); {written}, and files "
+                       "already written are intact. Free some space and run the command again.")
+        else:
+            message = (f"Could not write {path or 'a file'} ({reason}); files already written "
+                       "are intact. Make its folder writable and run the command again.")
+        super().__init__(message)
+
+
+def write_error(error: BaseException, path: Path | None = None) -> WriteError | None:
+    """`error`, raised while writing `path` (or a file the caller does not know), as a
+    WriteError; None when it is no failed write (a Ctrl-C as it unwinds, a bug).
+
+    A full disk is recognised by the errno anywhere in the exception's chain, by the system's
+    words for it, or, where torch's writer hides the errno, by `path`'s disk having (almost)
+    no space left. Call it before removing what the failed write left, which frees that space.
+    """
+    if isinstance(error, WriteError):
+        return error
+    chain = _exception_chain(error)
+    if any(isinstance(e, KeyboardInterrupt) for e in chain):
+        return None
+    os_errors = [e for e in chain if isinstance(e, OSError)]
+    texts = [str(e) for e in chain]
+    torch_failed = any(isinstance(e, RuntimeError) and words in str(e)
+                       for e in chain for words in TORCH_WRITE_FAILURES)
+    full = (any(e.errno in FULL_DISK_ERRNOS for e in os_errors)
+            or any(words in text for words in FULL_DISK_WORDS for text in texts))
+    if not (os_errors or torch_failed or full):
+        return None
+    full = full or (path is not None and _nearly_full(path.parent))
+    reason = next((e.strerror for e in os_errors if e.strerror), None)
+    return WriteError(path, full, reason or _first_line(error))
+
+
+def disk_of(folder: Path) -> str:
+    """`folder`, and the mount point of its disk where that is another folder: what a user
+    frees space on."""
+    shown = Path.cwd() if folder == Path() else folder
+    mount = folder.resolve()
+    while not os.path.ismount(mount):
+        mount = mount.parent
+    return str(shown) if mount == folder.resolve() else f"{shown} (mounted at {mount})"
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
+def _exception_chain(error: BaseException) -> list[BaseException]:
+    """`error`, then what it was raised from or while handling, and so on."""
+    chain: list[BaseException] = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+@contextlib.contextmanager
+def _written_in_place_of(path: Path, tmp: Path):
+    """Around writing `tmp` and renaming it to `path`: `tmp` is removed whatever happens, and
+    a failed write is a WriteError (judged while `tmp` still holds what was written)."""
+    try:
+        yield
+    except BaseException as error:
+        failed = write_error(error, path)
+        tmp.unlink(missing_ok=True)
+        if failed is None:
+            raise
+        raise failed from error
+    finally:
+        tmp.unlink(missing_ok=True)
+
+# ------------------------------------------------------------------------- atomic writes
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -33,39 +147,36 @@ def atomic_save(obj: Any, path: Path) -> None:
     A crash at any moment leaves either the old file or the new one, never a torn one.
     """
     tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with _written_in_place_of(path, tmp):
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+        _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a small text file whole or not at all: to a temporary file, then renamed."""
     tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with _written_in_place_of(path, tmp):
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _replace_with_link(source: Path, dest: Path) -> None:
     """Atomically make `dest` a second name for `source` (a copy where links are not allowed)."""
     tmp = dest.with_name(f".{dest.name}.tmp")
     tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
+    with _written_in_place_of(dest, tmp):
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) -> Path:
@@ -157,13 +268,29 @@ class Checkpointer:
 
     @contextlib.contextmanager
     def writing(self):
-        """Turn a failed write into the run folder (a full disk, a lost mount) into a
-        UserError that names the checkpoint to resume from. The files already there stay
-        whole: checkpoints are written beside them and renamed into place."""
+        """Turn a failed write into the run folder (a full disk, a lost mount), however torch
+        or the system reports it, into a UserError that names the disk, the checkpoint to
+        resume from and the command that does. The files already there stay whole:
+        checkpoints are written beside them and renamed into place."""
         try:
             yield
-        except OSError as error:
-            raise UserError(f"Could not write to the run folder {self.run_dir} "
-                            f"({error.strerror or error}); {self.last_good()}. Free some space "
-                            "and resume with --resume auto --out "
-                            f"{self.run_dir}.") from error
+        except BaseException as error:
+            # Metrics and TensorBoard events go to files of the run folder too.
+            failed = write_error(error, self.run_dir / METRICS_FILE)
+            if failed is None:
+                raise
+            raise UserError(self._cannot_write(failed)) from error
+
+    def _cannot_write(self, failed: WriteError) -> str:
+        if failed.full:
+            problem = (f"No space left: the disk holding the run folder {disk_of(self.run_dir)} "
+                       f"is full ({failed.reason})")
+            fix = "Free some space"
+        else:
+            problem = f"Could not write to the run folder {self.run_dir} ({failed.reason})"
+            fix = "Make it writable"
+        if self.saved_step is None:
+            return (f"{problem}; {self.last_good()}. {fix}, then start the run again: the same "
+                    "command with --resume auto.")
+        return (f"{problem}; {self.last_good()}. {fix}, then resume with: byolctl pretrain "
+                f"--resume auto --out {self.run_dir}")

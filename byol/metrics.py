@@ -48,8 +48,13 @@ class MetricsLog:
         self._tensorboard.flush()
 
     def close(self) -> None:
-        self._file.close()
-        self._tensorboard.close()
+        """Close both writers, the second even where the first fails (on a full disk closing
+        writes out what is buffered, and fails again)."""
+        try:
+            self._file.close()
+        finally:
+            self._tensorboard.close()
+
 
 
 def _keep_records_up_to(path: Path, step: int) -> None:
@@ -190,4 +195,14 @@ class StepMetrics:
                     self.flush()
         finally:
             if self.log is not None:
+                self._close_log(error)
+
+    def _close_log(self, error: BaseException | None) -> None:
+        """Close the log. Where it fails (the buffered lines meet a full disk), that is the
+        run's error if it has no other; one already on its way is the one to report."""
+        if error is None:
+            with self.writing():
+                self.log.close()
+        else:
+            with contextlib.suppress(Exception):
                 self.log.close()

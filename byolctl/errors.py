@@ -38,6 +38,10 @@ def exits_cleanly(command):
             if _caused_by_ctrl_c(error):  # e.g. torch.save's writer failing as it unwinds
                 print_error(INTERRUPTED)
                 raise typer.Exit(1) from None
+            full_disk = _full_disk(error)
+            if full_disk is not None:
+                print_error(str(full_disk))
+                raise typer.Exit(2)
             if type(error).__name__ == "OutOfMemoryError":  # torch's, without importing torch
                 print_error("Out of GPU memory; run again with a smaller --batch-size.")
                 raise typer.Exit(2)
@@ -50,6 +54,16 @@ def exits_cleanly(command):
         return result
 
     return wrapper
+
+
+def _full_disk(error: Exception):
+    """A full disk met by a write that does not report its own failures (a data shard, another
+    library's writer), as a WriteError; None for anything else. (byolctl's own writes say
+    which file and disk: see byol.checkpoint.WriteError.)"""
+    from byol.checkpoint import write_error  # loaded by then: every command runs on torch
+
+    failed = write_error(error)
+    return failed if failed is not None and failed.full else None
 
 
 def _caused_by_ctrl_c(error: BaseException) -> bool:
