@@ -21,6 +21,7 @@ from byol.run_folder import (
     METRICS_FILE,
     STEP_DIR,
     checkpoint_file,
+    checkpoint_run_dir,
     step_checkpoint,
 )
 
@@ -220,10 +221,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as error:
-        raise UserError(
-            f"{path} is not a loadable checkpoint ({type(error).__name__}); "
-            "pass a .pt file written by byolctl pretrain."
-        ) from error
+        raise UserError(f"{path} is not a loadable checkpoint ({type(error).__name__}); "
+                        f"{_instead_of(path)}") from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a byolctl pretraining checkpoint.")
     if state.get("version") != VERSION:
@@ -232,6 +231,29 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"version {VERSION}; use the byolctl release that wrote it."
         )
     return state
+
+
+def _instead_of(damaged: Path) -> str:
+    """What to load instead of a checkpoint that does not load: the newest intact step
+    checkpoint of its run folder (last.pt shares its file with the newest one, so a damaged
+    last.pt usually means an older one), or any file byolctl pretrain wrote."""
+    step_files = sorted((checkpoint_run_dir(damaged) / STEP_DIR).glob("step-*.pt"),
+                        key=_step_of, reverse=True)
+    for candidate in step_files:
+        if not candidate.samefile(damaged) and _loads(candidate):
+            return (f"the newest intact checkpoint beside it is {candidate}: resume with "
+                    f"byolctl pretrain --resume {candidate}, or pass it to eval or export.")
+    return "pass a .pt file written by byolctl pretrain."
+
+
+def _loads(path: Path) -> bool:
+    """Whether `path` loads whole as one of our checkpoints (every tensor read, not only the
+    index `saved_step` reads)."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception:
+        return False
+    return isinstance(state, dict) and state.get("format") == FORMAT
 
 
 class Checkpointer:

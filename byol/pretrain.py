@@ -39,6 +39,7 @@ from byol.run_folder import (
     checkpoint_run_dir,
     default_run_dir,
     holds_run,
+    remove_leftovers,
 )
 from byol.runtime import runtime_defaults
 from byol.trainer import Trainer, saved_world_size
@@ -190,6 +191,7 @@ def _start_run_dir(trainer: Trainer) -> None:
         files[SKIPPED_FILE] = "".join(f"{path}\t{reason}\n" for path, reason in skipped)
     try:
         trainer.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(trainer.run_dir)
         for name, text in files.items():
             atomic_write_text(trainer.run_dir / name, text)
     except OSError as error:

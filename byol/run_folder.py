@@ -10,6 +10,9 @@
         checkpoints/step-0001000.pt  the newest step checkpoints
         evaluations.jsonl            one JSON record per `byolctl eval` of its checkpoints
         linear-eval.pt               the state of an unfinished `eval linear --protocol full`
+
+Files are written whole as `.NAME.tmp` beside their final name, then renamed (see
+`byol.checkpoint.atomic_save`); a process killed meanwhile leaves its `.NAME.tmp` behind.
 """
 
 from datetime import datetime
@@ -54,6 +57,15 @@ def checkpoint_run_dir(checkpoint: Path) -> Path:
 
     home, spelled = run_of(checkpoint.resolve()), run_of(checkpoint)
     return spelled if spelled.resolve() == home else home
+
+
+def remove_leftovers(run_dir: Path) -> None:
+    """Remove the temporary files that writes killed midway left in `run_dir` and its
+    checkpoints/ (a step checkpoint's can be as large as a checkpoint, on a disk that may be
+    full already). Call it as a run starts there, when nothing else writes to the folder."""
+    for folder in (run_dir, run_dir / STEP_DIR):
+        for leftover in folder.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
 
 
 def holds_run(run_dir: Path) -> bool:

@@ -185,10 +185,10 @@ def pretrain(
     if summary.interrupted:
         if summary.checkpoint is None:
             print_error("Interrupted before the first step; nothing was saved.")
-        else:
-            print_error(f"Interrupted at step {summary.step} of {summary.total_steps}; "
-                        f"checkpoint saved. Resume with: byolctl pretrain --resume "
-                        f"{summary.checkpoint}")
+        else:  # a stop that was asked for and went as planned: no error
+            print_warning(f"Stopped at step {summary.step} of {summary.total_steps} as asked; "
+                          f"checkpoint saved. Resume with: byolctl pretrain --resume "
+                          f"{summary.checkpoint}")
         raise typer.Exit(1)
     if summary.last_record is None:
         console.print(f"Nothing to do: the run already finished at step {summary.step} "
