@@ -124,7 +124,6 @@ def _written_in_place_of(path: Path, tmp: Path):
         yield
     except BaseException as error:
         failed = write_error(error, path)
-        tmp.unlink(missing_ok=True)
         if failed is None:
             raise
         raise failed from error
