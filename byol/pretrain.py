@@ -25,6 +25,7 @@ from byol.config import (
     to_dict,
     validate,
 )
+from byol.data.folders import printable
 from byol.data.labeled import VAL_SPLITS
 from byol.errors import UserError
 from byol.monitors import held_out_data
@@ -188,7 +189,8 @@ def _start_run_dir(trainer: Trainer) -> None:
         files[CLASSES_FILE] = json.dumps(classes) + "\n"
     skipped = getattr(trainer.loader, "skipped", [])
     if skipped:
-        files[SKIPPED_FILE] = "".join(f"{path}\t{reason}\n" for path, reason in skipped)
+        files[SKIPPED_FILE] = "".join(f"{printable(path)}\t{reason}\n"
+                                      for path, reason in skipped)
     try:
         trainer.run_dir.mkdir(parents=True, exist_ok=True)
         remove_leftovers(trainer.run_dir)

@@ -4,12 +4,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Column, Table
+from rich.table import Table
+from rich.text import Text
 
 from byol.config import AT_LEAST_1, check_value
 from byolctl.errors import exits_cleanly
 from byolctl.options import JsonOpt, LogEveryOpt, log_every_seconds, write_json
 from byolctl.render import console, plural, task_progress
+from byolctl.tables import identifier_column, print_table
 
 data_app = typer.Typer(help="Check image datasets and write them as shards.",
                        no_args_is_help=True)
@@ -30,16 +32,17 @@ def check(folder: FolderArg, json_file: JsonOpt = None, quick: QuickOpt = False,
 
     Exits 0 when every image is usable, 1 when some are not.
     """
-    from byol.data.folders import check_folder  # deferred: keeps --help fast
+    from byol.data.folders import check_folder, printable  # deferred: keeps --help fast
 
     with task_progress(log_every_seconds(log_every), f"Checking {folder} ...") as on_progress:
         report = check_folder(folder, full=not quick, on_progress=on_progress)
     if report.problems:
-        table = Table(Column("file", overflow="fold"), "problem",
+        # Paths relative to the folder, so that a row is short and pastes after `cd FOLDER`.
+        table = Table(identifier_column(f"file in {printable(str(folder))}"), "problem",
                       title=plural(len(report.problems), "problem"))
         for path, reason in report.problems[:SHOWN_ROWS]:
-            table.add_row(path, reason)
-        console.print(table)
+            table.add_row(Text(printable(path, folder)), Text(reason))
+        print_table(table)
         if len(report.problems) > SHOWN_ROWS:
             console.print(f"... and {len(report.problems) - SHOWN_ROWS} more"
                           + (f" (all in {json_file})" if json_file else " (use --json)"))

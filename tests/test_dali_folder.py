@@ -53,10 +53,10 @@ def test_images_in_subfolders_of_a_class_folder_belong_to_that_class(tmp_path):
             Image.new("RGB", (8, 8)).save(tmp_path / path)
         else:
             (tmp_path / path).write_text("not an image")
-    files, labels, classes = scan_image_folder(tmp_path)
-    assert [Path(f).relative_to(tmp_path).as_posix() for f in files] == [
+    folder = scan_image_folder(tmp_path)
+    assert [Path(f).relative_to(tmp_path).as_posix() for f in folder.files] == [
         "a/1.png", "b/sub/2.png", "b/sub/deeper/3.png"]
-    assert labels == [0, 1, 1] and classes == ["a", "b", "c"]
+    assert folder.labels == [0, 1, 1] and folder.classes == ["a", "b", "c"]
     report = check_folder(tmp_path)
     assert report.images == 3
     (tmp_path / "split" / "val").mkdir(parents=True)
@@ -136,8 +136,8 @@ def test_augmentation_rates_per_view_match_byol(cifar_folder, blur):
     from byol.data.dali import folder_reader, two_view_pipeline
     from byol.data.folders import scan_image_folder
 
-    files, labels, _ = scan_image_folder(cifar_folder)
-    read = folder_reader(files, labels, 0, 1, seed=0, on_gpu=False)
+    folder = scan_image_folder(cifar_folder)
+    read = folder_reader(folder.files, folder.labels, 0, 1, seed=0, on_gpu=False)
     pipeline = two_view_pipeline(read=read,
                                  image_size=8, blur=blur, with_choices=True, batch_size=30,
                                  num_threads=1, device_id=None, seed=11)

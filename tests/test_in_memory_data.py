@@ -68,7 +68,8 @@ def test_in_memory_on_data_that_does_not_qualify_is_a_one_sentence_user_error(tm
 
 
 def test_memory_batches_follow_epoch_order_over_the_folders_images(small_folder):
-    _, labels, classes = scan_image_folder(small_folder)
+    folder = scan_image_folder(small_folder)
+    labels, classes = folder.labels, folder.classes
     memory, files = _loader(small_folder), _loader(small_folder, in_memory=False)
     steps = memory.steps_per_epoch
     assert steps == files.steps_per_epoch == 6

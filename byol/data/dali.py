@@ -14,6 +14,7 @@ random choice drawn per sample; the color jitter's adjustments come in a fixed o
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from byol import distributed
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD, VIEW_PROBABILITIES, blur_kernel_size
 from byol.data.demo_images import CLASSES as DEMO_CLASSES
 from byol.data.demo_images import demo_images
-from byol.data.folders import IMAGE_EXTENSIONS, find_problems, scan_image_folder
+from byol.data.folders import IMAGE_EXTENSIONS, find_problems, printable, scan_image_folder
 from byol.data.loaders import TwoViewBatch, TwoViewLoader, to_training_layout
 from byol.data.shards import LABEL_EXTENSION, find_shards
 from byol.errors import UserError, plural
@@ -235,7 +236,7 @@ class DaliLoader(TwoViewLoader):
                                    last_batch_policy=LastBatchPolicy.DROP, auto_reset=True)
 
     def __iter__(self) -> Iterator[TwoViewBatch]:
-        try:
+        with undecodable_images_named(f"--data {self.source}", self.find_bad_image):
             self._iterator = self._build_iterator()  # starts decoding the first batches
             while True:
                 for (batch,) in self._iterator:
@@ -244,14 +245,6 @@ class DaliLoader(TwoViewLoader):
                                        to_training_layout(batch["view2"], self.device),
                                        batch["labels"].view(-1).long().to(self.device))
                 self.epoch, self.position = self.epoch + 1, 0
-        except RuntimeError as error:
-            if "Critical error in pipeline" not in str(error):
-                raise
-            # The checks before the run (byol.data.folders) find the common damage; an image
-            # that passed them and still fails stops DALI's whole pipeline, and DALI does not
-            # say which file it was.
-            raise UserError(f"An image of --data {self.source} could not be decoded "
-                            f"({_decoder_failure(error)}). {self.find_bad_image}") from error
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -281,6 +274,23 @@ def augmentation_seed(seed: int, rank: int) -> int:
     return (seed + rank * 1_000_003) % 2**31
 
 
+@contextmanager
+def undecodable_images_named(source: str, find_it: str):
+    """Turn DALI's error for an image it could not decode, while reading `source` (as the user
+    named it), into a UserError that says how to `find_it`.
+
+    The checks before reading (byol.data.folders) find the common damage; an image that passed
+    them and still fails stops DALI's whole pipeline, and DALI does not say which file it was.
+    """
+    try:
+        yield
+    except RuntimeError as error:
+        if "Critical error in pipeline" not in str(error):
+            raise
+        raise UserError(f"An image of {source} could not be decoded "
+                        f"({_decoder_failure(error)}). {find_it}") from error
+
+
 def _decoder_failure(error: RuntimeError) -> str:
     """The decoder's own words from a DALI pipeline error (the line after "encountered:")."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -295,13 +305,15 @@ def folder_loader(root: Path, *, strict: bool = False, in_memory: bool | None = 
     UserError. A folder of small images that fits in memory (see `small_image_reason`) is
     decoded once and fed from memory, unless `in_memory` is False; True requires it. Other
     keyword arguments as `DaliLoader`."""
-    files, labels, classes = scan_image_folder(root)
+    folder = scan_image_folder(root)
+    files, labels, classes = folder.files, folder.labels, folder.classes
     # DALI stops the whole pipeline at one unreadable file, so they are found first.
-    skipped = find_problems(files)
-    if skipped and strict:
-        path, reason = skipped[0]
-        raise UserError(f"{path}: {reason}; remove or replace it, or leave out --strict to "
-                        "skip such files.")
+    unreadable = find_problems(files)
+    if unreadable and strict:
+        path, reason = unreadable[0]
+        raise UserError(f"{printable(path)}: {reason}; remove or replace it, or leave out "
+                        "--strict to skip such files.")
+    skipped = sorted(folder.passed_over() + unreadable)
     bad = {path for path, _ in skipped}
     usable = [(f, label) for f, label in zip(files, labels) if f not in bad]
     if not usable:
@@ -429,8 +441,8 @@ class FolderReads:
                     self.skipped)
         images, kept, failed = decode_folder(self.files, self.kwargs["workers"])
         if failed and self.strict:
-            raise UserError(f"{failed[0][0]}: {failed[0][1]}; remove or replace it, or leave "
-                            "out --strict to skip such files.")
+            raise UserError(f"{printable(failed[0][0])}: {failed[0][1]}; remove or replace "
+                            "it, or leave out --strict to skip such files.")
         if not kept:
             raise UserError(f"--data {self.root}: none of its images can be read; run "
                             "byolctl data check on it.")

@@ -20,7 +20,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 from torch import Tensor
 
 from byol.data.augment import IMAGENET_MEAN, IMAGENET_STD
-from byol.data.dali import READER, decode_images
+from byol.data.dali import READER, decode_images, undecodable_images_named
 from byol.data.demo_images import CLASSES as DEMO_CLASSES
 from byol.data.demo_images import demo_images
 from byol.data.folders import SPLIT_NAMES, find_problems, scan_image_folder
@@ -44,6 +44,7 @@ class Split:
     images: Tensor | None = None         # (N, 3, H, W) uint8 (the demo dataset)
     image_labels: Tensor | None = None   # (N,) int64
     skipped: list[tuple[str, str]] | None = None  # unreadable files left out
+    folder: str | None = None            # where the files are
 
     def __len__(self) -> int:
         return len(self.files) if self.files is not None else len(self.images)
@@ -83,14 +84,15 @@ def eval_splits(data: str, option: str = "--data") -> tuple[Split, Split]:
 
 
 def _folder_split(path: Path) -> Split:
-    files, labels, classes = scan_image_folder(path)
-    skipped = find_problems(files)
-    bad = {f for f, _ in skipped}
-    kept = [(f, label) for f, label in zip(files, labels) if f not in bad]
+    folder = scan_image_folder(path)
+    unreadable = find_problems(folder.files)
+    bad = {f for f, _ in unreadable}
+    kept = [(f, label) for f, label in zip(folder.files, folder.labels) if f not in bad]
     if not kept:
         raise UserError(f"{path}: none of its images can be read; run byolctl data check on it.")
     files, labels = map(list, zip(*kept))
-    return Split(path.name, classes, files=files, labels=labels, skipped=skipped)
+    return Split(path.name, folder.classes, files=files, labels=labels,
+                 skipped=sorted(folder.passed_over() + unreadable), folder=str(path))
 
 
 class _ImageBatches:
@@ -163,15 +165,23 @@ class LabeledLoader:
             read=read, image_size=image_size, augment=augment, batch_size=batch_size,
             num_threads=max(1, workers), seed=seed, device_id=device.index or 0 if on_gpu
             else None)
-        self._iterator = DALIGenericIterator(
-            [pipeline], ["images", "labels"],
-            reader_name=READER if split.files is not None else None,
-            last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+        with self._undecodable_images_named():  # the iterator decodes its first batches
+            self._iterator = DALIGenericIterator(
+                [pipeline], ["images", "labels"],
+                reader_name=READER if split.files is not None else None,
+                last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for (batch,) in self._iterator:
-            yield (to_training_layout(batch["images"], self.device),
-                   batch["labels"].view(-1).long().to(self.device))
+        with self._undecodable_images_named():
+            for (batch,) in self._iterator:
+                yield (to_training_layout(batch["images"], self.device),
+                       batch["labels"].view(-1).long().to(self.device))
+
+    def _undecodable_images_named(self):
+        folder = self.split.folder
+        return undecodable_images_named(folder, f"Find it with: byolctl data check {folder} "
+                                        "(which decodes every image), move it out, and run the "
+                                        "command again.")

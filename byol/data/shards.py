@@ -82,13 +82,15 @@ def prepare_shards(source: Path, destination: Path, shard_size: int, seed: int =
         raise UserError(f"{destination} is a file; choose a new folder for the shards.")
     if destination.exists() and any(destination.iterdir()):
         raise UserError(f"{destination} is not empty; choose a new folder for the shards.")
-    files, labels, classes = scan_image_folder(source)
-    skipped = find_problems(files, on_progress=on_progress)
-    bad = {path for path, _ in skipped}
-    usable = [(f, label) for f, label in zip(files, labels) if f not in bad]
+    folder = scan_image_folder(source)
+    classes = folder.classes
+    unreadable = find_problems(folder.files, on_progress=on_progress)
+    bad = {path for path, _ in unreadable}
+    usable = [(f, label) for f, label in zip(folder.files, folder.labels) if f not in bad]
+    skipped = sorted(folder.passed_over() + unreadable)
     if not usable:
-        raise UserError(f"{source}: none of its {plural(len(files), 'image')} can be read; "
-                        "run byolctl data check on it.")
+        raise UserError(f"{source}: none of its {plural(len(folder.files), 'image')} can be "
+                        "read; run byolctl data check on it.")
     order = torch.randperm(len(usable), generator=torch.Generator().manual_seed(seed)).tolist()
     try:
         destination.mkdir(parents=True, exist_ok=True)
