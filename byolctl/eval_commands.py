@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Column, Table
+from rich.table import Table
 
 from byol.config import PretrainConfig
 from byol.eval.knn import KnnSettings
@@ -26,6 +26,7 @@ from byolctl.options import (
     write_json,
 )
 from byolctl.render import console, plural, print_error, print_warning, task_progress
+from byolctl.tables import identifier_column, print_table
 
 eval_app = typer.Typer(help="Evaluate a pretrained encoder: kNN or a linear classifier.",
                        no_args_is_help=True)
@@ -107,7 +108,7 @@ def _report(result: dict[str, Any], checkpoint: Path | None, json_file: Path | N
     of = f"step {result['step']}" if result["step"] is not None else result["source"]
     title = (f"{result['evaluation']} ({result.get('protocol', 'k=' + str(result.get('k')))}) "
              f"- {result['arch']} {of} on {result['data']}")
-    table = Table("metric", Column("value", overflow="fold"), title=title)  # whole paths
+    table = Table("metric", identifier_column("value"), title=title)
     table.add_row("top-1", f"{result['top1']:.2f}%")
     # With 5 classes or fewer every label is among the 5 best: say so rather than boast.
     table.add_row("top-5", f"{result['top5']:.2f}%" + (
@@ -120,7 +121,7 @@ def _report(result: dict[str, Any], checkpoint: Path | None, json_file: Path | N
     table.add_row("time", f"{result['seconds']:.1f} s on {result['device']}{processes} "
                           f"({result['precision']})")
     table.add_row("encoder", _evaluated(result, checkpoint))
-    console.print(table)
+    print_table(table)
     if json_file:
         write_json(json_file, result)
         console.print(f"Wrote {json_file}")

@@ -21,6 +21,7 @@ from byolctl.options import (
     write_json,
 )
 from byolctl.render import console
+from byolctl.tables import identifier_column, print_table
 
 
 def _profile_option(name: str, flags: str | None = None, **kwargs):
@@ -86,16 +87,18 @@ def _print(result: dict[str, Any]) -> None:
     console.print(f"{env['device']}; torch {env['torch']}, triton {env['triton']}, commit "
                   f"{env['commit']}. Copy bandwidth: {result['copy_gb_per_s']:.0f} GB/s.")
     params = result["parameters"]
-    ops = Table("op", "implementation", "median ms", "p10-p90 ms", "GB/s", "of copy",
-                "speedup", title=f"Hot operations: {settings['arch']} "
+    ops = Table(identifier_column("op"), identifier_column("implementation"), "median ms",
+                "p10-p90 ms", "GB/s", "of copy", "speedup",
+                title=f"Hot operations: {settings['arch']} "
                 f"({params['online'] / 1e6:.1f}M online parameters in {params['tensors']} "
                 f"tensors), loss at {settings['batch_size']} x {settings['projector_dim']}")
     for row in result["ops"]:
         ops.add_row(row["op"], row["impl"], f"{row['median_ms']:.3f}",
                     f"{row['p10_ms']:.3f}-{row['p90_ms']:.3f}", f"{row['gb_per_s']:.1f}",
                     f"{100 * row['share_of_copy']:.0f}%", f"{row['speedup']:.2f}x")
-    console.print(ops)
-    steps = Table("kernels", "compiled", "ms/step", "images/s", "MFU (bf16)", "peak memory",
+    print_table(ops)
+    steps = Table(identifier_column("kernels"), "compiled", "ms/step", "images/s",
+                  "MFU (bf16)", "peak memory",
                   title=f"Training step: {settings['image_size']} px, batch "
                   f"{settings['batch_size']}, {settings['precision']}, "
                   f"{result['gflop_per_image']:.1f} GFLOP per image")
@@ -104,7 +107,7 @@ def _print(result: dict[str, Any]) -> None:
                       f"{row['ms_per_step']:.1f}", f"{row['images_per_s']:.0f}",
                       f"{100 * row['mfu_bf16']:.1f}%" if row["mfu_bf16"] else "-",
                       f"{row['peak_memory_gib']:.1f} GiB" if row["peak_memory_gib"] else "-")
-    console.print(steps)
+    print_table(steps)
     if result["data_images_per_s"] is not None:
         console.print(f"Data pipeline on {settings['data']}: "
                       f"{result['data_images_per_s']:.0f} images/s (two views each).")
