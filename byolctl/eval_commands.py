@@ -8,8 +8,10 @@ import typer
 from rich.table import Table
 
 from byol.config import PretrainConfig
+from byol.eval.finetune import FinetuneSettings
 from byol.eval.knn import KnnSettings
 from byol.eval.linear import LinearSettings
+from byol.eval.transfer import TransferSettings
 from byolctl.errors import exits_cleanly
 from byolctl.options import (
     Arch,
@@ -28,8 +30,10 @@ from byolctl.options import (
 from byolctl.render import console, plural, print_error, print_warning, task_progress
 from byolctl.tables import identifier_column, print_table
 
-eval_app = typer.Typer(help="Evaluate a pretrained encoder: kNN or a linear classifier.",
-                       no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate a pretrained encoder by the paper's protocols: kNN, a "
+                       "linear classifier, fine-tuning on a share of the labels, transfer to "
+                       "other datasets.", short_help="Evaluate a pretrained encoder as the "
+                       "paper does.", no_args_is_help=True)
 
 
 class Protocol(str, Enum):
@@ -100,14 +104,15 @@ def _report(result: dict[str, Any], checkpoint: Path | None, json_file: Path | N
     """Print the result as a table, record it in the run folder, and write --json (rank 0
     alone, under torchrun)."""
     from byol import distributed
-    from byol.eval.run import record_result
+    from byol.eval.session import record_result
     from byol.run_folder import checkpoint_run_dir, holds_run
 
     if not distributed.current().is_main:
         return
     of = f"step {result['step']}" if result["step"] is not None else result["source"]
-    title = (f"{result['evaluation']} ({result.get('protocol', 'k=' + str(result.get('k')))}) "
-             f"- {result['arch']} {of} on {result['data']}")
+    how = {"knn": f"k={result.get('k')}", "linear": result.get("protocol"),
+           "finetune": f"labels {result.get('labels')}"}[result["evaluation"]]
+    title = f"{result['evaluation']} ({how}) - {result['arch']} {of} on {result['data']}"
     table = Table("metric", identifier_column("value"), title=title)
     table.add_row("top-1", f"{result['top1']:.2f}%")
     # With 5 classes or fewer every label is among the 5 best: say so rather than boast.
@@ -115,6 +120,9 @@ def _report(result: dict[str, Any], checkpoint: Path | None, json_file: Path | N
         f" (always, with {plural(result['classes'], 'class')})" if result["classes"] <= 5 else ""))
     table.add_row("images", f"{result['train_images']} train, {result['val_images']} "
                             f"{result['val_split']}")
+    if "labeled_images" in result:
+        table.add_row("labeled", f"{result['labeled_images']} train images, "
+                                 f"{result['epochs']} epochs")
     if result["skipped_images"]:
         table.add_row("skipped", plural(result["skipped_images"], "unreadable image"))
     processes = f" x {result['processes']} processes" if result["processes"] > 1 else ""
@@ -228,6 +236,160 @@ def linear(
             raise typer.Exit(1) from None
         raise
     _report(result, checkpoint, json_file)
+
+
+@eval_app.command("finetune", short_help="Accuracy after fine-tuning on 1%, 10% or all labels.",
+                  epilog="Example: byolctl eval finetune --checkpoint runs/r50/last.pt "
+                  "--data /datasets/imagenet --labels 1%")
+@exits_cleanly
+def finetune(
+    checkpoint: EncoderFileOpt = None,
+    arch: EncoderArchOpt = None,
+    weights: WeightsOpt = None,
+    data: EvalDataOpt = "demo",
+    labels: Annotated[Optional[str], typer.Option(
+        "--labels", metavar="<share>", help="The labeled images: a share of each class (1%, "
+        "10%), a number per class (13), or a file listing them (one file name per line, as "
+        "the ImageNet 1% and 10% lists) [default: all].", show_default=False)] = None,
+    epochs: Annotated[Optional[int], config_option(FinetuneSettings, "epochs")] = None,
+    batch_size: Annotated[Optional[int], config_option(FinetuneSettings, "batch_size")] = None,
+    lr: Annotated[Optional[float], config_option(FinetuneSettings, "lr")] = None,
+    weight_decay: Annotated[Optional[float], config_option(
+        FinetuneSettings, "weight_decay")] = None,
+    seed: Annotated[Optional[int], config_option(FinetuneSettings, "seed")] = None,
+    image_size: EvalImageSizeOpt = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="The fine-tuning's folder: its labeled-image list, state and result "
+        "[default: finetune-<labels>-seed<seed> in the checkpoint's run folder].",
+        show_default=False)] = None,
+    save: Annotated[Optional[Path], typer.Option(
+        "--save", help="Write the fine-tuned network (a torchvision ResNet state dict with its "
+        "fc; .pt or .safetensors).", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an unfinished fine-tuning in --out's folder after its last "
+        "finished epoch.")] = False,
+    compile: Annotated[Optional[bool], typer.Option(
+        "--compile/--no-compile", help="torch.compile the network being fine-tuned [default: "
+        "on with a GPU].", show_default=False)] = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    workers: WorkersOpt = None,
+    json_file: JsonOpt = None,
+    log_every: LogEveryOpt = None,
+):
+    """Accuracy after fine-tuning the whole encoder with a linear classifier (top-1, top-5).
+
+    The paper's semi-supervised protocol: the encoder and a new classifier train together on a
+    class-balanced part of the train split's labels (random crops and flips, BatchNorm
+    updated), then classify the val split's center crops. Without --labels, every label (the
+    fine-tuned transfer protocol). It takes any encoder that eval knn takes.
+    """
+    from byol.eval.finetune import evaluate_finetune
+
+    settings = given_settings(FinetuneSettings, locals())
+    seconds = log_every_seconds(log_every)
+    runtime = _runtime(device, workers, image_size)
+    try:
+        result = _run_with_progress(
+            evaluate_finetune, seconds, checkpoint=checkpoint, arch=arch and arch.value,
+            weights=weights, data=data, labels=labels, settings=settings,
+            image_size=image_size, precision=precision and precision.value,
+            compile=runtime["device"] == "cuda" if compile is None else compile, out=out,
+            resume=resume, save=save, **runtime)
+    except KeyboardInterrupt:
+        print_error("Interrupted; the fine-tuning's folder keeps its finished epochs, and the "
+                    "same command with --resume continues after them.")
+        raise typer.Exit(1) from None
+    _report(result, checkpoint, json_file)
+    console.print(f"Labeled images: {result['labeled_images_file']}")
+    if "saved" in result:
+        console.print(f"Fine-tuned network: {result['saved']}")
+
+
+@eval_app.command("transfer", short_help="kNN and linear accuracy on other datasets, one row each.",
+                  epilog="Example: byolctl eval transfer --checkpoint runs/r50/last.pt "
+                  "/data/flowers102 /data/pets")
+@exits_cleanly
+def transfer(
+    datasets: Annotated[list[str], typer.Argument(
+        help="Dataset folders (each with train/ and val/ or test/), or one YAML file of "
+        "`name: folder` lines.", show_default=False)],
+    checkpoint: EncoderFileOpt = None,
+    arch: EncoderArchOpt = None,
+    weights: WeightsOpt = None,
+    k: Annotated[Optional[int], config_option(TransferSettings, "k")] = None,
+    held_out: Annotated[Optional[float], config_option(TransferSettings, "held_out")] = None,
+    iterations: Annotated[Optional[int], config_option(TransferSettings, "iterations")] = None,
+    seed: Annotated[Optional[int], config_option(TransferSettings, "seed")] = None,
+    batch_size: Annotated[Optional[int], config_option(TransferSettings, "batch_size")] = None,
+    image_size: EvalImageSizeOpt = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="The suite's folder, where transfer.jsonl gets a line per finished "
+        "dataset [default: transfer/ in the checkpoint's run folder].",
+        show_default=False)] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Skip the datasets --out's transfer.jsonl holds for this encoder and "
+        "these settings.")] = False,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    workers: WorkersOpt = None,
+    json_file: JsonOpt = None,
+    log_every: LogEveryOpt = None,
+):
+    """kNN and linear classification accuracy of the frozen encoder on other datasets.
+
+    The paper's transfer protocol: for each dataset, center-crop features of its train split;
+    a kNN classifier, and a logistic regression whose L2 penalty is chosen on a held-out part of
+    train, then refit on all of it; both tested on the val (or test) split. One table, a row
+    per dataset and their mean.
+    """
+    from byol.eval.transfer import evaluate_transfer
+
+    settings = given_settings(TransferSettings, locals())
+    seconds = log_every_seconds(log_every)
+    runtime = _runtime(device, workers, image_size)
+
+    def finished(result: dict[str, Any]) -> None:
+        done = "recorded earlier" if result.get("resumed") else f"{result['seconds']:.0f} s"
+        console.print(f"{result['dataset']}: kNN top-1 {result['knn_top1']:.2f}%, linear "
+                      f"top-1 {result['linear_top1']:.2f}% ({done})")
+
+    try:
+        results = _run_with_progress(
+            evaluate_transfer, seconds, checkpoint=checkpoint, datasets=datasets,
+            arch=arch and arch.value, weights=weights, settings=settings,
+            image_size=image_size, precision=precision and precision.value, out=out,
+            resume=resume, on_result=finished, **runtime)
+    except KeyboardInterrupt:
+        print_error("Interrupted; the datasets already finished are recorded, and the same "
+                    "command with --resume skips them.")
+        raise typer.Exit(1) from None
+    _report_transfer(results, checkpoint, json_file)
+
+
+def _report_transfer(results: list[dict[str, Any]], checkpoint: Path | None,
+                     json_file: Path | None) -> None:
+    """Print a row per dataset and their mean, and write --json (rank 0 alone)."""
+    from byol import distributed
+
+    if not distributed.current().is_main:
+        return
+    table = Table(identifier_column("dataset"), "classes", "train", "tested", "kNN top-1",
+                  "linear top-1", "linear top-5", "L2 penalty",
+                  title=f"transfer - {results[0]['arch']} {_evaluated(results[0], checkpoint)}")
+    for result in results:
+        table.add_row(result["dataset"], str(result["classes"]), str(result["train_images"]),
+                      str(result["val_images"]), f"{result['knn_top1']:.2f}%",
+                      f"{result['linear_top1']:.2f}%", f"{result['linear_top5']:.2f}%",
+                      f"{result['penalty']:.2g}")
+    mean = {key: sum(r[key] for r in results) / len(results)
+            for key in ("knn_top1", "linear_top1", "linear_top5")}
+    table.add_row("mean", "", "", "", f"{mean['knn_top1']:.2f}%", f"{mean['linear_top1']:.2f}%",
+                  f"{mean['linear_top5']:.2f}%", "")
+    print_table(table)
+    if json_file:
+        write_json(json_file, {"datasets": results, "mean": mean})
+        console.print(f"Wrote {json_file}")
 
 
 def export(

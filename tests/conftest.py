@@ -50,6 +50,16 @@ def random_tensors(count: int, shape, dtype: torch.dtype, seed: int = 0) -> list
             for _ in range(count)]
 
 
+@pytest.fixture(scope="session")
+def demo_checkpoint(tmp_path_factory) -> Path:
+    """A 2-step pretraining run on the demo data, in its run folder (ImageNet stem, so
+    torchvision loads its encoder). Evaluations record their results beside it."""
+    out = tmp_path_factory.mktemp("pretrained") / "run"
+    run_pretraining({**TINY, "batch_size": 16, "steps": 2, "workers": 2, "small_stem": False},
+                    out=out)
+    return out / "last.pt"
+
+
 @pytest.fixture
 def tiny() -> dict:
     """Flat config overrides for a tiny CPU run (a fresh copy per test)."""

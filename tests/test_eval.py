@@ -196,7 +196,8 @@ def test_an_interrupted_full_evaluation_resumes_after_its_last_finished_epoch(
     assert torch.load(state_file, weights_only=True)["epoch"] == 1
 
     # Refused before the files are listed (minutes for ImageNet).
-    with mock.patch("byol.eval.run.eval_splits", side_effect=AssertionError("files listed")):
+    listed = AssertionError("files listed")
+    with mock.patch("byol.eval.session.eval_splits", side_effect=listed):
         other = runner.invoke(app, [*command, "--lr", "0.2", "--resume"])
     assert other.exit_code == 2 and "had another lr" in " ".join(other.output.split())
     assert state_file.is_file()
@@ -342,7 +343,7 @@ def test_a_result_that_cannot_be_recorded_is_still_shown_and_written(checkpoint,
     command = ["eval", "knn", "--data", str(cifar_eval_folder), "--k", "5", "--workers", "1"]
     json_file = tmp_path / "knn.json"
     denied = PermissionError(13, "Permission denied")
-    with mock.patch("byol.eval.run.record_result", side_effect=denied):
+    with mock.patch("byol.eval.session.record_result", side_effect=denied):
         result = runner.invoke(app, [*command, "--checkpoint", str(checkpoint),
                                      "--json", str(json_file)])
     assert result.exit_code == 0, result.output

@@ -4,19 +4,33 @@
 """
 
 import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+import torchvision
+from safetensors.torch import load_file
 from torch import nn
+from typer.testing import CliRunner
 
 from byol.config import ModelConfig
+from byol.data.demo_images import CLASSES as DEMO_CLASSES
 from byol.data.labeled import Split
 from byol.errors import UserError
+from byol.eval.encoder import load_encoder
 from byol.eval.finetune import FinetuneSettings, FinetuneTrainer, finetune
 from byol.eval.linear import LinearSettings, train_on_images
 from byol.eval.subsets import choose_labeled, describe, take
 from byol.models import create_encoder
+from byolctl.cli import app
+
+runner = CliRunner()
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -183,3 +197,118 @@ def test_the_learning_rate_follows_the_global_batch_and_a_cosine_to_zero():
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0125)
     trainer.step(*batch)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+
+
+# ---------------------------------------------------------------- the command
+
+
+FAST = ["--epochs", "2", "--batch-size", "16", "--workers", "1", "--device", "cpu"]
+
+
+def test_fine_tuning_writes_its_subset_result_and_network(demo_checkpoint, tmp_path):
+    json_file, saved = tmp_path / "result.json", tmp_path / "tuned.safetensors"
+    done = runner.invoke(app, ["eval", "finetune", "--checkpoint", str(demo_checkpoint),
+                               "--labels", "2%", *FAST, "--json", str(json_file),
+                               "--save", str(saved)])
+    assert done.exit_code == 0, done.output
+    result = json.loads(json_file.read_text())
+    assert (result["evaluation"], result["labels"], result["labeled_images"]) == (
+        "finetune", "2%", 200)
+    listed = Path(result["labeled_images_file"])
+    assert listed.parent == demo_checkpoint.parent / "finetune-2pct-seed0"
+    assert len(listed.read_text().splitlines()) == 200
+    assert json.loads((listed.parent / "result.json").read_text()) == result
+    assert not (listed.parent / "state.pt").exists()
+    recorded = (demo_checkpoint.parent / "evaluations.jsonl").read_text().splitlines()
+    assert json.loads(recorded[-1]) == result
+
+    # The saved network is a torchvision ResNet with its classifier, and its encoder moved.
+    model = torchvision.models.resnet18(num_classes=len(DEMO_CLASSES))
+    model.load_state_dict(load_file(saved))
+    pretrained = load_encoder(demo_checkpoint).encoder.state_dict()
+    assert not torch.equal(model.conv1.weight, pretrained["conv1.weight"])
+    knn = runner.invoke(app, ["eval", "knn", "--checkpoint", str(saved), "--workers", "1",
+                              "--device", "cpu"])
+    assert knn.exit_code == 0, knn.output
+
+
+def test_an_interrupted_fine_tuning_resumes_after_its_last_finished_epoch(demo_checkpoint,
+                                                                           tmp_path):
+    out = tmp_path / "ft"
+    command = ["eval", "finetune", "--checkpoint", str(demo_checkpoint), "--labels", "4",
+               "--out", str(out), *FAST]
+    step, steps = FinetuneTrainer.step, []
+
+    def interrupted_in_the_second_epoch(self, images, labels):
+        steps.append(1)
+        if len(steps) == 4:  # 40 images, batches of 16: 3 steps an epoch
+            raise KeyboardInterrupt
+        return step(self, images, labels)
+
+    with mock.patch.object(FinetuneTrainer, "step", interrupted_in_the_second_epoch):
+        stopped = runner.invoke(app, command)
+    assert stopped.exit_code == 1 and "--resume continues" in " ".join(stopped.output.split())
+    assert torch.load(out / "state.pt", weights_only=True)["epoch"] == 1
+
+    again = runner.invoke(app, command)
+    assert again.exit_code == 2 and "holds an earlier fine-tuning" in again.output
+    other = runner.invoke(app, [*command, "--lr", "0.2", "--resume"])
+    assert other.exit_code == 2 and "had another lr" in " ".join(other.output.split())
+    json_file = tmp_path / "resumed.json"
+    resumed = runner.invoke(app, [*command, "--resume", "--json", str(json_file)])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(json_file.read_text())["resumed_from_epoch"] == 1
+    assert not (out / "state.pt").exists()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--labels", "ten"], "a percentage such as 1% or 10%"),
+    (["--labels", "0.01%"], "leaves 10 of the 10 classes without images"),
+    (["--labels", "1%", "--lr", "nan"], "--lr must be"),
+    (["--labels", "1%", "--batch-size", "1"], "--batch-size must be"),
+])
+def test_bad_fine_tuning_input_is_one_line_and_exit_2(demo_checkpoint, tmp_path, flags, message):
+    out = tmp_path / "ft"
+    result = runner.invoke(app, ["eval", "finetune", "--checkpoint", str(demo_checkpoint),
+                                 "--out", str(out), "--device", "cpu", *flags])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert not (out / "result.json").exists()
+
+
+def test_an_existing_save_file_is_refused_before_any_training(demo_checkpoint, tmp_path):
+    saved = tmp_path / "tuned.pt"
+    saved.write_bytes(b"keep me")
+    with mock.patch.object(FinetuneTrainer, "step", side_effect=AssertionError("trained")):
+        result = runner.invoke(app, ["eval", "finetune", "--checkpoint", str(demo_checkpoint),
+                                     "--save", str(saved), "--device", "cpu"])
+    assert result.exit_code == 2 and "already exists" in result.output
+    assert saved.read_bytes() == b"keep me"
+
+
+def test_an_encoder_outside_a_run_folder_needs_out(demo_checkpoint, tmp_path):
+    export = tmp_path / "encoder.pt"
+    assert runner.invoke(app, ["export", "--checkpoint", str(demo_checkpoint), "--out",
+                               str(export)]).exit_code == 0
+    result = runner.invoke(app, ["eval", "finetune", "--checkpoint", str(export), "--arch",
+                                 "resnet18", "--device", "cpu"])
+    assert result.exit_code == 2 and "--out" in result.output
+
+
+@pytest.mark.slow
+def test_under_torchrun_two_processes_fine_tune_one_network(demo_checkpoint, cifar_eval_folder,
+                                                            tmp_path):
+    json_file = tmp_path / "ft.json"
+    together = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-port", "29641", "-m", "byolctl", "eval", "finetune", "--checkpoint",
+         str(demo_checkpoint), "--data", str(cifar_eval_folder), "--labels", "4", "--epochs",
+         "2", "--batch-size", "4", "--out", str(tmp_path / "ft"), "--workers", "1",
+         "--device", "cpu", "--json", str(json_file)],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert together.returncode == 0, together.stderr[-3000:]
+    assert together.stdout.count("top-1") == 1  # rank 1 is quiet
+    result = json.loads(json_file.read_text())
+    assert (result["processes"], result["labeled_images"]) == (2, 12)
+    assert len((tmp_path / "ft" / "labeled-images.txt").read_text().splitlines()) == 12

@@ -1,2 +1,4 @@
-"""Evaluation of pretrained encoders: kNN and linear classification on frozen features, and
-export of the encoder as a torchvision ResNet state dict. See `byol.eval.run`."""
+"""Evaluation of pretrained encoders, as the BYOL paper judges them: kNN and linear
+classification on frozen features (`byol.eval.run`), semi-supervised fine-tuning
+(`byol.eval.finetune`) and transfer to other datasets (`byol.eval.transfer`); and export of
+the encoder as a torchvision ResNet state dict (`byol.eval.encoder`)."""

@@ -309,7 +309,7 @@ def export_backbone(checkpoint: Path, out: Path, replace: bool = False,
     tensors = backbone_state_dict(loaded.encoder)
     try:  # either way a failed write leaves what was at `out` as it was
         if file_format == "safetensors":
-            _save_safetensors(tensors, _export_metadata(loaded), out)
+            save_safetensors(tensors, _export_metadata(loaded), out)
         else:
             atomic_save(tensors, out)
     except OSError as error:
@@ -326,7 +326,8 @@ def _export_metadata(loaded: LoadedEncoder) -> dict[str, str]:
             "image_size": str(loaded.config.image_size), "step": str(loaded.step)}
 
 
-def _save_safetensors(tensors: dict[str, Tensor], metadata: dict[str, str], out: Path) -> None:
+def save_safetensors(tensors: dict[str, Tensor], metadata: dict[str, str],
+                     out: Path) -> None:
     """Write a safetensors file whole or not at all: to a temporary file, then renamed."""
     from safetensors.torch import save
 
