@@ -56,7 +56,6 @@ class MetricsLog:
             self._tensorboard.close()
 
 
-
 def _keep_records_up_to(path: Path, step: int) -> None:
     if not path.is_file():
         return

@@ -86,13 +86,10 @@ def _fails_cleanly(args: list[str], message: str, env: dict | None = None) -> st
     return _output(result)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    """A finished 2-step run folder to evaluate."""
-    out = tmp_path_factory.mktemp("checkpoints") / "run"
-    result = runner.invoke(app, ["pretrain", *TINY_FLAGS, "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    return out
+@pytest.fixture
+def run(demo_checkpoint) -> Path:
+    """A finished 2-step run folder to evaluate (the session's shared one)."""
+    return demo_checkpoint.parent
 
 
 # --------------------------------------------------------------------------- decompression bomb

@@ -36,6 +36,7 @@ from byol.data.labeled import LabeledLoader
 from byol.errors import UserError
 from byol.eval.encoder import SAFETENSORS_FORMAT, backbone_state_dict, save_safetensors
 from byol.eval.knn import topk_accuracy
+from byol.eval.linear import cosine_to_zero
 from byol.eval.session import (
     Progress,
     load_splits,
@@ -97,9 +98,7 @@ class FinetuneTrainer:
         self.optimizer = torch.optim.SGD(
             self.network.parameters(), lr=settings.lr * settings.batch_size * processes / 256,
             momentum=settings.momentum, nesterov=True, weight_decay=settings.weight_decay)
-        total_steps = max(1, settings.epochs * steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
+        self.scheduler = cosine_to_zero(self.optimizer, settings.epochs * steps_per_epoch)
 
     @property
     def encoder(self) -> nn.Module:

@@ -37,6 +37,14 @@ class LinearSettings:
                         "features.", allowed=SEED)
 
 
+def cosine_to_zero(optimizer: torch.optim.Optimizer,
+                   total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The lr from its base value to 0 on a cosine over `total_steps` steps."""
+    total_steps = max(1, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
+
+
 class LinearTrainer:
     """A linear layer and its optimizer over `total_steps` cosine-scheduled steps."""
 
@@ -53,9 +61,7 @@ class LinearTrainer:
         self.optimizer = torch.optim.SGD(
             self.classifier.parameters(), lr=settings.lr * settings.batch_size * processes / 256,
             momentum=settings.momentum, nesterov=True, weight_decay=0.0)
-        total_steps = max(1, settings.epochs * steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
+        self.scheduler = cosine_to_zero(self.optimizer, settings.epochs * steps_per_epoch)
 
     def state_dict(self) -> dict[str, Any]:
         """The classifier, its momenta and its place on the lr schedule."""
