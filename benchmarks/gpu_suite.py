@@ -47,8 +47,16 @@ import bench_step  # noqa: E402
 import peers  # noqa: E402
 from bench_quality import ARCHIVE as CIFAR_ARCHIVE  # noqa: E402
 from common import environment, release_memory, result_path, save_result, time_loop  # noqa: E402
-from targets import (DATA_ABOUT, TARGETS, TRAINING_VARIANT, Verdict,  # noqa: E402
-                     kernel_about, measured, peer_about, variant_name)
+from targets import (  # noqa: E402
+    DATA_ABOUT,
+    TARGETS,
+    TRAINING_VARIANT,
+    Verdict,
+    kernel_about,
+    measured,
+    peer_about,
+    variant_name,
+)
 
 from byol.profiling.ops import BASELINE, byol_shapes  # noqa: E402
 from byol.runtime import runtime_defaults  # noqa: E402

@@ -162,7 +162,7 @@ class PretrainConfig:
     max_skipped_steps: int = setting(10, "With --on-nan skip: steps the run may skip in all "
                                      "before it stops.", allowed=AT_LEAST_0)
     log_every: float = setting(30.0, "Seconds between plain progress lines when the output "
-                               "is not a terminal (a log file, a batch job).")
+                               "is not a terminal (a log file, a batch job).", allowed=ABOVE_0)
 
 
 RUNTIME_FIELDS = frozenset({"device", "kernels", "compile", "workers", "strict",
@@ -278,15 +278,8 @@ def from_dict(data: dict[str, Any]) -> PretrainConfig:
 def validate(config: PretrainConfig) -> None:
     """Raise UserError for values no run can use, naming each by its field."""
     check_settings(PretrainConfig, flat_items(config))
-    check_log_every(config.log_every)
     if config.on_nan not in ON_NAN:
         raise UserError(f"on_nan must be one of {', '.join(ON_NAN)}; got {config.on_nan!r}.")
     if config.precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}; "
                         f"got {config.precision!r}.")
-
-
-def check_log_every(seconds: float) -> None:
-    """UserError unless `seconds` (--log-every) is a finite number above 0."""
-    if not (isinstance(seconds, (int, float)) and 0 < seconds < math.inf):
-        raise UserError(f"--log-every must be a number of seconds above 0, got {seconds}.")

@@ -5,7 +5,6 @@
 """
 
 import os
-import signal
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import typer
 
 from byol.config import PretrainConfig
+from byol.errors import plural
 from byolctl import __version__, errors
 from byolctl.config_file import read_config_file
 from byolctl.data_commands import data_app
@@ -55,7 +55,7 @@ from byolctl.options import (
     checked_flags,
 )
 from byolctl.profile_command import profile
-from byolctl.render import console, plural, pretrain_progress, print_error, print_warning
+from byolctl.render import console, pretrain_progress, print_error, print_warning
 
 app = typer.Typer(
     name="byolctl",
@@ -244,14 +244,7 @@ def _describe_monitors(trainer) -> str | None:
     return f"Monitors: {', '.join(parts)}." if parts else None
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main() -> None:
-    """Entry point of the `byolctl` command."""
-    # A SIGTERM (a scheduler's stop, or torchrun passing one on) outside the training loop,
-    # which checkpoints on it, ends the command as Ctrl-C does, with one line and status 1,
-    # instead of killing it without a word.
-    signal.signal(signal.SIGTERM, _interrupt)
+    """Run the command line (byolctl.main, which loads this module, has already made a SIGTERM
+    end it as Ctrl-C does)."""
     app()

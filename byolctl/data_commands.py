@@ -8,9 +8,10 @@ from rich.table import Table
 from rich.text import Text
 
 from byol.config import AT_LEAST_1, check_value
+from byol.errors import plural
 from byolctl.errors import exits_cleanly
 from byolctl.options import JsonOpt, LogEveryOpt, log_every_seconds, write_json
-from byolctl.render import console, plural, task_progress
+from byolctl.render import console, task_progress
 from byolctl.tables import identifier_column, print_table
 
 data_app = typer.Typer(help="Check image datasets and write them as shards.",

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from byol.config import PretrainConfig
+from byol.errors import plural
 from byol.eval.finetune import FinetuneSettings
 from byol.eval.knn import KnnSettings
 from byol.eval.linear import LinearSettings
@@ -27,7 +28,7 @@ from byolctl.options import (
     log_every_seconds,
     write_json,
 )
-from byolctl.render import console, plural, print_error, print_warning, task_progress
+from byolctl.render import console, print_error, print_warning, task_progress
 from byolctl.tables import identifier_column, print_table
 
 eval_app = typer.Typer(help="Evaluate a pretrained encoder by the paper's protocols: kNN, a "

@@ -154,11 +154,10 @@ def given_settings(settings_class: type, values: dict[str, Any]) -> Any:
 def log_every_seconds(value: float | None) -> float:
     """--log-every of a command without a config (eval, data): the given seconds, checked,
     or pretraining's default."""
-    from byol.config import check_log_every
-
-    seconds = described(PretrainConfig, "log_every").default if value is None else value
-    check_log_every(seconds)
-    return seconds
+    if value is None:
+        return described(PretrainConfig, "log_every").default
+    checked_flags(PretrainConfig, {"log_every": value})
+    return value
 
 
 def device_and_workers(device: Device | None, workers: int | None) -> tuple[str, int]:

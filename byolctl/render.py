@@ -190,13 +190,6 @@ def _live_tasks(status: str | None) -> Iterator[Callable[[str, int, int], None]]
             progress.stop()
 
 
-def plural(count: int, noun: str) -> str:
-    """"1 image", "2 images", "3 classes"."""
-    if count == 1:
-        return f"{count} {noun}"
-    return f"{count} {noun}{'es' if noun.endswith('s') else 's'}"
-
-
 def print_error(message: str) -> None:
     error_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 

@@ -32,8 +32,9 @@ def _run(namesake: Path, *args: str) -> subprocess.CompletedProcess:
 def test_importing_byol_with_another_kernels_package_first_names_that_package(namesake):
     done = _run(namesake, "-c", "import byol.ops")
     assert done.returncode != 0
-    assert (f"WrongModuleError: The module 'kernels' found at {namesake / 'kernels' / '__init__.py'}"
-            " is not byolctl's") in done.stderr
+    found = namesake / "kernels" / "__init__.py"
+    assert f"WrongModuleError: The module 'kernels' found at {found} is not byolctl's" in (
+        done.stderr)
 
 
 def test_a_command_with_another_kernels_package_first_ends_with_one_line(namesake):

@@ -98,7 +98,7 @@ def test_log_every_must_be_a_finite_number_of_seconds_above_zero(command, value)
     result = runner.invoke(app, [*command, "--log-every", value])
     assert result.exit_code == 2, result.output
     assert result.output.splitlines() == [
-        f"error: --log-every must be a number of seconds above 0, got {float(value)}."]
+        f"error: --log-every must be a finite number above 0; got {float(value)}."]
     assert not Path("runs").exists()
 
 
