@@ -7,11 +7,12 @@
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import typer
 
 from byol.config import PretrainConfig
+from byol.data.folders import MAX_PIXELS_VARIABLE
 from byol.errors import plural
 from byolctl import __version__, errors
 from byolctl.config_file import read_config_file
@@ -94,8 +95,19 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
     version: bool = typer.Option(False, "--version", help="Print the version and exit.",
                                  callback=_print_version, is_eager=True),
+    max_pixels: Optional[int] = typer.Option(
+        None, "--max-pixels", metavar="<int>", help="Skip images of more pixels than this "
+        "(decompression bombs) [default: 100,000,000, or BYOLCTL_MAX_PIXELS].",
+        show_default=False),
 ):
     errors.show_tracebacks = debug
+    if max_pixels is not None:
+        if max_pixels < 1:
+            print_error(f"--max-pixels must be at least 1; got {max_pixels}.")
+            raise typer.Exit(2)
+        # Said through the variable every reader of images consults, in this process and in
+        # the DALI workers and processes it starts.
+        os.environ[MAX_PIXELS_VARIABLE] = str(max_pixels)
     # torchrun numbers its processes in RANK, out of WORLD_SIZE.
     started_by_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if (context.invoked_subcommand not in TORCHRUN_COMMANDS and started_by_torchrun

@@ -101,7 +101,7 @@ def test_data_check_names_a_decompression_bomb_and_its_pixel_limit(tmp_path):
         result = runner.invoke(app, ["data", "check", str(root), *quick])
         assert result.exit_code == 1, result.output
         assert ("too many pixels (20000x20000, more than 100,000,000; a larger "
-                "BYOLCTL_MAX_PIXELS allows it)") in _row(result, "a/bomb.png")
+                "byolctl --max-pixels allows it)") in _row(result, "a/bomb.png")
         output = _output(result)
         assert "DecompressionBomb" not in output and "decompression bomb DOS" not in output
 
@@ -129,6 +129,19 @@ def test_the_pixel_limit_is_raised_by_its_environment_variable(tmp_path):
     assert result.exit_code == 0, result.output
     _fails_cleanly(["data", "check", str(root)], "BYOLCTL_MAX_PIXELS=lots: expected a "
                    "number of pixels", env={"BYOLCTL_MAX_PIXELS": "lots"})
+
+
+def test_the_pixel_limit_is_raised_by_a_flag(tmp_path, monkeypatch):
+    monkeypatch.delenv("BYOLCTL_MAX_PIXELS", raising=False)
+    root = _tree(tmp_path / "images")
+    (root / "a" / "bomb.png").write_bytes(_bomb_png())
+    result = runner.invoke(app, ["--max-pixels", "400000000", "data", "check", "--quick",
+                                 str(root)])
+    assert result.exit_code == 0, result.output
+    monkeypatch.delenv("BYOLCTL_MAX_PIXELS", raising=False)  # the flag set it for the command
+    result = runner.invoke(app, ["--max-pixels", "0", "data", "check", str(root)])
+    assert result.exit_code == 2
+    assert _output(result).splitlines() == ["error: --max-pixels must be at least 1; got 0."]
 
 
 # --------------------------------------------------------------------------- non-UTF-8 names

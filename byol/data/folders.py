@@ -122,7 +122,7 @@ def _decode_problem(path: str, pixel_limit: int, pixels: bool = True) -> str | N
             width, height = image.size
             if width * height > pixel_limit:
                 return (f"too many pixels ({width}x{height}, more than {pixel_limit:,}; a "
-                        f"larger {MAX_PIXELS_VARIABLE} allows it)")
+                        "larger byolctl --max-pixels allows it)")
             if pixels:
                 image.load()
     except UnidentifiedImageError:
