@@ -177,8 +177,8 @@ def pretrain(
     if skipped:
         from byol.run_folder import SKIPPED_FILE
 
-        console.print(f"Skipping {plural(len(skipped), 'unreadable image')}, listed in "
-                      f"{trainer.run_dir / SKIPPED_FILE}.")
+        console.print(f"Skipping {plural(len(skipped), 'file')} that cannot be trained on "
+                      f"(with the reason for each) listed in {trainer.run_dir / SKIPPED_FILE}.")
     processes = trainer.processes.world_size
     batch = (f"batch {cfg.batch_size}" if processes == 1 else
              f"batch {cfg.batch_size} x {processes} processes")

@@ -84,5 +84,5 @@ def prepare(folder: FolderArg, destination: DestinationArg, shard_size: ShardSiz
                   f"{plural(len(shards.classes), 'class')} in {plural(len(shards.paths), 'shard')} "
                   f"to {destination}.")
     if shards.skipped:
-        console.print(f"Left out {plural(len(shards.skipped), 'unreadable image')}, listed in "
-                      f"{destination / 'manifest.json'}.")
+        console.print(f"Left out {plural(len(shards.skipped), 'file')} that cannot be trained "
+                      f"on (with the reason for each) listed in {destination / 'manifest.json'}.")

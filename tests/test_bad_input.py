@@ -92,7 +92,7 @@ def test_pretraining_skips_counts_and_lists_the_broken_files(images):
     before = _fingerprint(images)
     result = runner.invoke(app, ["pretrain", *TINY_FLAGS, "--data", str(images), "--out", "run"])
     assert result.exit_code == 0, result.output
-    assert f"Skipping {len(BROKEN)} unreadable images" in result.output
+    assert f"Skipping {len(BROKEN)} files that cannot be trained on" in result.output
     listed = [Path(line.split("\t")[0]).name
               for line in Path("run/skipped_files.txt").read_text().splitlines()]
     assert sorted(listed) == sorted(BROKEN)

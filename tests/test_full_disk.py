@@ -252,6 +252,7 @@ def test_a_full_disk_met_by_another_writer_is_exit_2_too(tmp_path):
                                      str(tmp_path / "shards")])
     line = _one_error_line(result)
     assert "No space left: the disk is full (No space left on device)" in line
+    assert list((tmp_path / "shards").iterdir()) == []  # no partial shard left behind
 
 
 # --------------------------------------------------------------------------- size

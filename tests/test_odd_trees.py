@@ -112,7 +112,7 @@ def test_pretraining_skips_a_decompression_bomb_and_lists_it(tmp_path):
     before = _fingerprint(root)
     result = runner.invoke(app, ["pretrain", *TINY_FLAGS, "--data", str(root), "--out", "run"])
     assert result.exit_code == 0, result.output
-    assert "Skipping 1 unreadable image," in _output(result)
+    assert "Skipping 1 file that cannot be trained on" in _output(result)
     assert "bomb.png\ttoo many pixels" in Path("run/skipped_files.txt").read_text()
     assert _fingerprint(root) == before
 
@@ -166,7 +166,7 @@ def test_pretraining_skips_a_name_that_is_not_utf8_and_lists_it(tmp_path):
     before = _fingerprint(root)
     result = runner.invoke(app, ["pretrain", *TINY_FLAGS, "--data", str(root), "--out", "run"])
     assert result.exit_code == 0, result.output
-    assert "Skipping 1 unreadable image," in _output(result)
+    assert "Skipping 1 file that cannot be trained on" in _output(result)
     assert "/a/caf\\xe9.jpg\tfile name is not UTF-8" in Path("run/skipped_files.txt").read_text()
     assert _fingerprint(root) == before
 

@@ -100,22 +100,27 @@ def prepare_shards(source: Path, destination: Path, shard_size: int, seed: int =
     shards, written = [], 0
     for start in range(0, len(order), shard_size):
         name = f"shard-{start // shard_size:06d}.tar"
-        tmp = destination / f".{name}.tmp"
-        with tarfile.open(tmp, "w") as archive:
-            for key in order[start:start + shard_size]:
-                path, label = usable[key]
-                stem = f"{key:09d}"
-                _add_member(archive, f"{stem}{Path(path).suffix.lower()}", Path(path).read_bytes())
-                _add_member(archive, f"{stem}.cls", str(label).encode())
-                _add_member(archive, f"{stem}.{LABEL_EXTENSION}", label.to_bytes(4, "little"))
-                written += 1
-                if on_progress is not None:
-                    on_progress("images written", written, len(order))
         index = f"{Path(name).stem}.idx"
-        tmp_index = destination / f".{index}.tmp"
-        write_index(tmp, tmp_index)
-        tmp_index.rename(destination / index)
-        tmp.rename(destination / name)
+        tmp, tmp_index = destination / f".{name}.tmp", destination / f".{index}.tmp"
+        try:  # a failed write (a full disk, a Ctrl-C) leaves no partial shard behind
+            with tarfile.open(tmp, "w") as archive:
+                for key in order[start:start + shard_size]:
+                    path, label = usable[key]
+                    stem = f"{key:09d}"
+                    _add_member(archive, f"{stem}{Path(path).suffix.lower()}",
+                                Path(path).read_bytes())
+                    _add_member(archive, f"{stem}.cls", str(label).encode())
+                    _add_member(archive, f"{stem}.{LABEL_EXTENSION}",
+                                label.to_bytes(4, "little"))
+                    written += 1
+                    if on_progress is not None:
+                        on_progress("images written", written, len(order))
+            write_index(tmp, tmp_index)
+            tmp_index.rename(destination / index)
+            tmp.rename(destination / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+            tmp_index.unlink(missing_ok=True)
         shards.append({"name": name, "images": len(order[start:start + shard_size]),
                        "index": index})
     manifest = {"format": FORMAT, "version": 1, "classes": classes, "shards": shards,
