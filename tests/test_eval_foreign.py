@@ -130,8 +130,11 @@ def test_a_safetensors_export_holds_no_pickle_and_its_printed_lines_load_it(chec
     assert load_encoder(out).step == 1
 
 
-def test_the_builder_lines_of_a_network_torchvision_lacks_load_its_export():
-    config = PretrainConfig(model=ModelConfig(arch="resnet18", width=2, small_stem=True))
+@pytest.mark.parametrize(("arch", "width", "small_stem"), [("resnet18", 2, True),
+                                                         ("resnet200", 1, False)])
+def test_the_builder_lines_of_a_network_torchvision_lacks_load_its_export(arch, width,
+                                                                          small_stem):
+    config = PretrainConfig(model=ModelConfig(arch=arch, width=width, small_stem=small_stem))
     encoder, _ = create_encoder(config.model)
     namespace = {}
     exec("\n".join(torchvision_builder(config)), namespace)
