@@ -110,7 +110,7 @@ def test_a_sigterm_during_start_up_ends_the_command_with_one_line(tmp_path):
     script = ("import os, signal, sys\n"
               "from unittest import mock\n"
               "import byol.pretrain\n"
-              "from byolctl.cli import main\n"
+              "from byolctl import main\n"
               "def build(*args, **kwargs):\n"
               "    os.kill(os.getpid(), signal.SIGTERM)\n"
               "with mock.patch.object(byol.pretrain, 'build_trainer', build):\n"
